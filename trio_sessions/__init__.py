@@ -1,0 +1,37 @@
+"""Server-side web sessions for trio."""
+
+from __future__ import annotations
+
+from ._abc import DEFAULT_MAX_SIZE as DEFAULT_MAX_SIZE
+from ._abc import Consumer as Consumer
+from ._abc import Provider as Provider
+from ._abc import SessionStorage as SessionStorage
+from ._errors import InvalidSessionId as InvalidSessionId
+from ._errors import SessionNotFound as SessionNotFound
+from ._errors import SessionTooLarge as SessionTooLarge
+from ._errors import StorageError as StorageError
+from ._ids import SESSION_ID_PATTERN as SESSION_ID_PATTERN
+from ._ids import check_session_id as check_session_id
+from ._ids import new_session_id as new_session_id
+from .storages.bytes import BytesStorage as BytesStorage
+from .storages.memory import MemoryStorage as MemoryStorage
+from .storages.memory import MemoryStorageStatistics as MemoryStorageStatistics
+
+__version__ = "0.1.0.dev0"
+
+__all__ = [
+    "DEFAULT_MAX_SIZE",
+    "SESSION_ID_PATTERN",
+    "BytesStorage",
+    "Consumer",
+    "InvalidSessionId",
+    "MemoryStorage",
+    "MemoryStorageStatistics",
+    "Provider",
+    "SessionNotFound",
+    "SessionStorage",
+    "SessionTooLarge",
+    "StorageError",
+    "check_session_id",
+    "new_session_id",
+]

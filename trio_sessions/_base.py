@@ -1,0 +1,323 @@
+"""The machinery every built-in backend shares.
+
+`StorageBase` implements the public methods of `SessionStorage` once: id and ttl checks,
+checkpoints, the provider/consumer streams, size limits, error translation and closing.
+A backend implements a few private hooks:
+
+* ``_load`` / ``_store`` / ``_delete`` for whole values (every backend);
+* ``_open_source`` and ``_open_sink`` for backends that stream (set ``_chunk_size``):
+  values larger than one chunk then move through a bounded memory channel between the
+  caller's callback and a supervised task that talks to the backend.
+"""
+
+from __future__ import annotations
+
+import math
+from abc import abstractmethod
+from typing import Protocol, TypeVar
+
+import trio
+from trio.lowlevel import cancel_shielded_checkpoint, checkpoint, checkpoint_if_cancelled
+
+from ._abc import DEFAULT_MAX_SIZE, Consumer, Provider, SessionStorage
+from ._errors import InvalidSessionId, SessionNotFound, SessionTooLarge, StorageError
+from ._ids import check_session_id
+from ._streams import ReadStream, WriteStream
+
+__all__ = ["ChunkSink", "ChunkSource", "StorageBase", "check_ttl", "collapse_group"]
+
+T = TypeVar("T")
+
+# Exceptions that already speak the contract: never wrapped in StorageError.
+_CONTRACT_ERRORS = (SessionNotFound, SessionTooLarge, InvalidSessionId, StorageError)
+
+
+class ChunkSink(Protocol):
+    """Where a streaming backend writes a large value (e.g. a temporary file)."""
+
+    async def write(self, chunk: bytes) -> None: ...
+
+    async def commit(self) -> None:
+        """Make the value visible, atomically."""
+
+    async def abort(self) -> None:
+        """Discard everything written; must not raise."""
+
+
+class ChunkSource(Protocol):
+    """Where a streaming backend reads the rest of a large value from."""
+
+    async def read(self) -> bytes:
+        """Return the next chunk, or ``b""`` at the end."""
+
+    async def aclose(self) -> None: ...
+
+
+def check_ttl(ttl: float | None) -> float | None:
+    """Return *ttl* if it is ``None`` or a positive, finite number of seconds."""
+    if ttl is None:
+        return None
+    if isinstance(ttl, bool) or not isinstance(ttl, int | float):
+        raise TypeError(f"ttl must be a number of seconds or None, not {type(ttl).__name__}")
+    if not (0 < ttl < math.inf):
+        raise ValueError(f"ttl must be a positive, finite number of seconds (got {ttl!r})")
+    return ttl
+
+
+def collapse_group(group: BaseExceptionGroup[BaseException]) -> BaseException:
+    """Return the one real error of an internal nursery's group, else the group.
+
+    An internal nursery fails one way at a time: the caller's callback raised, or the
+    backend task did (and the other side was cancelled). Then the caller sees that error
+    as itself. Only two independent errors stay grouped.
+    """
+    leaves: list[BaseException] = []
+    pending: list[BaseException] = [group]
+    while pending:
+        exc = pending.pop()
+        if isinstance(exc, BaseExceptionGroup):
+            pending.extend(reversed(exc.exceptions))
+        else:
+            leaves.append(exc)
+    real = [exc for exc in leaves if not isinstance(exc, trio.Cancelled)]
+    if len(real) == 1:
+        return real[0]
+    if not real:
+        return leaves[0]
+    return group
+
+
+class StorageBase(SessionStorage):
+    """Shared implementation of the contract; backends implement the private hooks."""
+
+    #: Streaming backends set a chunk size; ``None`` buffers whole values.
+    _chunk_size: int | None = None
+    #: Chunks in flight between a callback and its backend task.
+    _channel_chunks = 1
+
+    def __init__(self, *, max_size: int = DEFAULT_MAX_SIZE) -> None:
+        if isinstance(max_size, bool) or not isinstance(max_size, int) or max_size < 1:
+            raise ValueError(f"max_size must be a positive int (got {max_size!r})")
+        self._max_size = max_size
+        self._closed = False
+
+    # ----------------------------------------------------------------- hooks
+
+    @abstractmethod
+    async def _load(self, session_id: str) -> bytes | None:
+        """Return the stored value, or ``None`` if missing or expired."""
+
+    @abstractmethod
+    async def _store(self, session_id: str, data: bytes, ttl: float | None) -> None:
+        """Store a whole value, atomically."""
+
+    @abstractmethod
+    async def _delete(self, session_id: str) -> None:
+        """Delete the value; a missing one is not an error."""
+
+    async def _open_source(self, session_id: str) -> tuple[bytes, ChunkSource | None]:
+        """Return the first chunk and, if more follows, a source for the rest."""
+        data = await self._load(session_id)
+        if data is None:
+            raise SessionNotFound()
+        return data, None
+
+    async def _open_sink(self, session_id: str, ttl: float | None) -> ChunkSink:
+        """Open a sink for a value larger than one chunk (streaming backends only)."""
+        raise NotImplementedError
+
+    async def _close(self) -> None:
+        """Release the backend's resources (called once)."""
+
+    # ------------------------------------------------------------ public API
+
+    @property
+    def max_size(self) -> int:
+        return self._max_size
+
+    @property
+    def closed(self) -> bool:
+        """Whether `aclose` was called."""
+        return self._closed
+
+    def _check(self, session_id: str) -> None:
+        if self._closed:
+            raise trio.ClosedResourceError(f"{type(self).__name__} is closed")
+        check_session_id(session_id)
+
+    async def write_bytes(self, session_id: str, data: bytes, *, ttl: float | None = None) -> None:
+        self._check(session_id)
+        check_ttl(ttl)
+        if not isinstance(data, bytes):
+            if not isinstance(data, bytearray | memoryview):
+                raise TypeError(f"data must be bytes, not {type(data).__name__}")
+            data = bytes(data)
+        if len(data) > self._max_size:
+            raise SessionTooLarge(self._max_size)
+        await checkpoint_if_cancelled()
+        try:
+            await self._store(session_id, data, ttl)
+        except _CONTRACT_ERRORS:
+            raise
+        except Exception as exc:
+            raise self._failure("store", exc) from exc
+        await cancel_shielded_checkpoint()
+
+    async def read_bytes(self, session_id: str) -> bytes:
+        self._check(session_id)
+        await checkpoint_if_cancelled()
+        try:
+            data = await self._load(session_id)
+        except _CONTRACT_ERRORS:
+            raise
+        except Exception as exc:
+            raise self._failure("load", exc) from exc
+        await cancel_shielded_checkpoint()
+        if data is None:
+            raise SessionNotFound()
+        return data
+
+    async def invalidate(self, session_id: str) -> None:
+        self._check(session_id)
+        await checkpoint_if_cancelled()
+        try:
+            await self._delete(session_id)
+        except _CONTRACT_ERRORS:
+            raise
+        except Exception as exc:
+            raise self._failure("delete", exc) from exc
+        await cancel_shielded_checkpoint()
+
+    async def write(self, session_id: str, provider: Provider, *, ttl: float | None = None) -> None:
+        self._check(session_id)
+        check_ttl(ttl)
+        await checkpoint_if_cancelled()
+        if self._chunk_size is None:
+            stream = WriteStream(self._max_size)
+            await provider(stream)
+            data = stream.finish()
+            assert data is not None
+            await self.__store(session_id, data, ttl)
+            if not stream.yielded:
+                await cancel_shielded_checkpoint()
+            return
+        try:
+            async with trio.open_nursery() as nursery:
+
+                def spill() -> trio.MemorySendChannel[bytes]:
+                    send, receive = trio.open_memory_channel[bytes](self._channel_chunks)
+                    nursery.start_soon(self.__run_sink, session_id, ttl, receive)
+                    return send
+
+                stream = WriteStream(self._max_size, chunk_size=self._chunk_size, spill=spill)
+                await provider(stream)
+                # If the provider raised, the sink task is cancelled and discards the value;
+                # only a normal return ends the channel, which lets the sink commit.
+                data = stream.finish()
+                if data is not None:
+                    await self.__store(session_id, data, ttl)
+        except BaseExceptionGroup as group:
+            error = collapse_group(group)
+            if error is group:
+                raise
+        else:
+            return
+        raise error
+
+    async def read(self, session_id: str, consumer: Consumer[T]) -> T:
+        self._check(session_id)
+        await checkpoint_if_cancelled()
+        try:
+            first, source = await self._open_source(session_id)
+        except SessionNotFound:
+            await cancel_shielded_checkpoint()
+            raise
+        except _CONTRACT_ERRORS:
+            raise
+        except Exception as exc:
+            raise self._failure("load", exc) from exc
+        if source is None:
+            stream = ReadStream(first)
+            result = await consumer(stream)
+            if not stream.yielded:
+                await cancel_shielded_checkpoint()
+            return result
+        try:
+            async with trio.open_nursery() as nursery:
+                send, receive = trio.open_memory_channel[bytes](self._channel_chunks)
+                nursery.start_soon(self.__run_source, source, send)
+                async with receive:
+                    result = await consumer(ReadStream(first, receive))
+                # The consumer may stop early: the source task has nothing left to do.
+                nursery.cancel_scope.cancel()
+        except BaseExceptionGroup as group:
+            error = collapse_group(group)
+            if error is group:
+                raise
+        else:
+            return result
+        raise error
+
+    async def aclose(self) -> None:
+        if self._closed:
+            await checkpoint()
+            return
+        self._closed = True
+        try:
+            await self._close()
+        finally:
+            await cancel_shielded_checkpoint()
+
+    # -------------------------------------------------------------- internals
+
+    def _failure(self, action: str, exc: BaseException) -> StorageError:
+        return StorageError(f"{type(self).__name__} could not {action}: {exc!r}")
+
+    async def __store(self, session_id: str, data: bytes, ttl: float | None) -> None:
+        try:
+            await self._store(session_id, data, ttl)
+        except _CONTRACT_ERRORS:
+            raise
+        except Exception as exc:
+            raise self._failure("store", exc) from exc
+
+    async def __run_sink(
+        self, session_id: str, ttl: float | None, receive: trio.MemoryReceiveChannel[bytes]
+    ) -> None:
+        async with receive:
+            try:
+                sink = await self._open_sink(session_id, ttl)
+            except _CONTRACT_ERRORS:
+                raise
+            except Exception as exc:
+                raise self._failure("open a writer", exc) from exc
+            try:
+                async for chunk in receive:
+                    await sink.write(chunk)
+                await sink.commit()
+            except BaseException as exc:
+                with trio.CancelScope(shield=True):
+                    await sink.abort()
+                if isinstance(exc, Exception) and not isinstance(exc, _CONTRACT_ERRORS):
+                    raise self._failure("write", exc) from exc
+                raise
+
+    async def __run_source(self, source: ChunkSource, send: trio.MemorySendChannel[bytes]) -> None:
+        async with send:
+            try:
+                while True:
+                    try:
+                        chunk = await source.read()
+                    except _CONTRACT_ERRORS:
+                        raise
+                    except Exception as exc:
+                        raise self._failure("read", exc) from exc
+                    if not chunk:
+                        return
+                    try:
+                        await send.send(chunk)
+                    except trio.BrokenResourceError:
+                        return  # the consumer closed its stream early
+            finally:
+                with trio.CancelScope(shield=True):
+                    await source.aclose()

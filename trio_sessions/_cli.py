@@ -1,0 +1,99 @@
+"""The ``trio-sessions`` command line."""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import os
+import sys
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import trio
+
+__all__ = ["main"]
+
+
+def _load(target: str) -> Callable[..., Any]:
+    module_name, sep, attribute = target.partition(":")
+    if not sep or not module_name or not attribute:
+        raise SystemExit(f"error: expected MODULE:FACTORY, got {target!r}")
+    if os.getcwd() not in sys.path:
+        sys.path.insert(0, os.getcwd())  # like `python -m`: modules of the current directory
+    try:
+        obj: Any = importlib.import_module(module_name)
+    except ImportError as exc:
+        raise SystemExit(f"error: cannot import {module_name!r}: {exc}") from None
+    for part in attribute.split("."):
+        try:
+            obj = getattr(obj, part)
+        except AttributeError:
+            raise SystemExit(f"error: {module_name!r} has no attribute {attribute!r}") from None
+    if not callable(obj):
+        raise SystemExit(f"error: {target} is not callable")
+    return obj  # type: ignore[no-any-return]
+
+
+def _builtin_targets() -> list[tuple[str, Callable[..., Any]]]:
+    from .storages.memory import MemoryStorage
+
+    return [("MemoryStorage", MemoryStorage)]
+
+
+def _check(args: argparse.Namespace) -> int:
+    try:
+        from .testing import CHECKS, check_storage
+    except ImportError as exc:  # hypothesis missing
+        print(f"error: the check needs the 'testing' extra ({exc})", file=sys.stderr)
+        return 2
+    for name in args.only or ():
+        if name not in CHECKS:
+            print(f"error: unknown check {name!r}; choose from {', '.join(CHECKS)}")
+            return 2
+    targets = [(t, _load(t)) for t in args.factory] if args.factory else _builtin_targets()
+    failed = False
+    for label, factory in targets:
+        print(f"== {label}")
+        report = trio.run(
+            lambda factory=factory: check_storage(
+                factory,
+                clock_controlled=False if args.real_time else None,
+                max_examples=args.max_examples,
+                checks=args.only or None,
+            )
+        )
+        print(report.format(verbose=args.verbose))
+        failed = failed or not report.passed
+    return 1 if failed else 0
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="trio-sessions", description="Server-side web sessions for trio."
+    )
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    check = commands.add_parser(
+        "check",
+        help="run the conformance checks against a storage",
+        description=(
+            "Run trio_sessions.testing's conformance checks. FACTORY is called for every "
+            "example (with a ManualClock if it accepts one) and returns a SessionStorage or "
+            "an async context manager yielding one. Without FACTORY, the built-in storages "
+            "are checked."
+        ),
+    )
+    check.add_argument("factory", nargs="*", metavar="MODULE:FACTORY")
+    check.add_argument("--max-examples", type=int, default=50, metavar="N")
+    check.add_argument("--only", action="append", metavar="CHECK", help="run only this check")
+    check.add_argument(
+        "--real-time", action="store_true", help="the storage cannot use the harness's clock"
+    )
+    check.add_argument("-v", "--verbose", action="store_true", help="full tracebacks")
+    check.set_defaults(run=_check)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    result: int = args.run(args)
+    return result

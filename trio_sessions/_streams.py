@@ -1,0 +1,197 @@
+"""The streams handed to providers and consumers, shared by every backend.
+
+A provider writes into a `WriteStream`. The stream buffers the first *chunk_size* bytes
+in the provider's task; a value that fits there reaches the backend in one call (the fast
+path). A larger value *spills*: the stream asks its owner for a bounded memory channel
+whose receiving end a supervised sink task drains into the backend, chunk by chunk, so
+memory stays O(chunk) and a fast provider waits for a slow backend (backpressure).
+
+A consumer reads from a `ReadStream`: the first chunk the backend produced, then, for a
+value that did not fit one chunk, whatever a supervised source task sends through a
+bounded memory channel.
+
+Both streams keep the `trio.abc` contracts: every call is a checkpoint, concurrent use
+raises `trio.BusyResourceError`, use after `aclose` raises `trio.ClosedResourceError`.
+"""
+
+from __future__ import annotations
+
+import operator
+from collections.abc import Callable
+from typing import final
+
+import trio
+from trio.lowlevel import checkpoint
+
+from ._errors import SessionTooLarge
+
+__all__ = ["ReadStream", "WriteStream"]
+
+
+@final
+class WriteStream(trio.abc.SendStream):
+    """The `trio.abc.SendStream` a provider writes the session's value into."""
+
+    __slots__ = (
+        "_busy",
+        "_channel",
+        "_chunk_size",
+        "_closed",
+        "_max_size",
+        "_parts",
+        "_size",
+        "_spill",
+        "too_large",
+        "yielded",
+    )
+
+    def __init__(
+        self,
+        max_size: int,
+        *,
+        chunk_size: int | None = None,
+        spill: Callable[[], trio.MemorySendChannel[bytes]] | None = None,
+    ) -> None:
+        self._max_size = max_size
+        # Without *spill* (or *chunk_size*), the whole value is buffered.
+        self._chunk_size = chunk_size if spill is not None else None
+        self._spill = spill
+        self._channel: trio.MemorySendChannel[bytes] | None = None
+        self._parts: list[bytes] = []
+        self._size = 0
+        self._closed = False
+        self._busy = False
+        #: Set when the provider sent more than *max_size* bytes (even if it swallowed
+        #: the `SessionTooLarge` it got).
+        self.too_large = False
+        #: Set once a call on this stream went through a checkpoint.
+        self.yielded = False
+
+    async def send_all(self, data: bytes | bytearray | memoryview) -> None:
+        if self._busy:
+            raise trio.BusyResourceError("another task is already sending on this stream")
+        if self._closed:
+            raise trio.ClosedResourceError("the stream is closed")
+        self._busy = True
+        try:
+            self.yielded = True
+            size = self._size + len(data)
+            if size > self._max_size:
+                self.too_large = True
+                await checkpoint()
+                raise SessionTooLarge(self._max_size)
+            self._size = size
+            if self._channel is None and (self._chunk_size is None or size <= self._chunk_size):
+                self._parts.append(bytes(data))
+                await checkpoint()
+                return
+            await self._send_chunks(data)
+        finally:
+            self._busy = False
+
+    async def _send_chunks(self, data: bytes | bytearray | memoryview) -> None:
+        assert self._chunk_size is not None
+        if self._channel is None:
+            assert self._spill is not None
+            self._channel = self._spill()
+            self._parts.append(bytes(data))
+            view = memoryview(b"".join(self._parts))
+            self._parts.clear()
+        else:
+            view = memoryview(data)
+        step = self._chunk_size
+        for start in range(0, len(view), step):
+            try:
+                await self._channel.send(bytes(view[start : start + step]))
+            except trio.BrokenResourceError:
+                raise trio.BrokenResourceError("the storage stopped receiving") from None
+            except trio.ClosedResourceError:
+                raise trio.ClosedResourceError("the stream was closed") from None
+        if not view:
+            await checkpoint()
+
+    async def wait_send_all_might_not_block(self) -> None:
+        if self._closed:
+            raise trio.ClosedResourceError("the stream is closed")
+        await checkpoint()
+
+    async def aclose(self) -> None:
+        self._closed = True
+        self.yielded = True
+        if self._channel is not None:
+            await self._channel.aclose()
+        else:
+            await checkpoint()
+
+    def finish(self) -> bytes | None:
+        """End the value after the provider returned.
+
+        Returns the whole value if it never spilled, else ``None`` (the sink task then
+        sees the end of its channel). Raises `SessionTooLarge` if the limit was crossed.
+        """
+        self._closed = True
+        if self.too_large:
+            raise SessionTooLarge(self._max_size)
+        if self._channel is not None:
+            self._channel.close()
+            return None
+        parts = self._parts
+        if len(parts) == 1:
+            return parts[0]
+        return b"".join(parts)
+
+
+@final
+class ReadStream(trio.abc.ReceiveStream):
+    """The `trio.abc.ReceiveStream` a consumer reads the session's value from."""
+
+    __slots__ = ("_busy", "_channel", "_closed", "_data", "_offset", "yielded")
+
+    def __init__(
+        self, data: bytes, channel: trio.MemoryReceiveChannel[bytes] | None = None
+    ) -> None:
+        self._data = data
+        self._offset = 0
+        self._channel = channel
+        self._closed = False
+        self._busy = False
+        #: Set once a call on this stream went through a checkpoint.
+        self.yielded = False
+
+    async def receive_some(self, max_bytes: int | None = None) -> bytes:
+        if max_bytes is not None:
+            max_bytes = operator.index(max_bytes)
+            if max_bytes < 1:
+                raise ValueError("max_bytes must be >= 1")
+        if self._busy:
+            raise trio.BusyResourceError("another task is already receiving on this stream")
+        if self._closed:
+            raise trio.ClosedResourceError("the stream is closed")
+        self._busy = True
+        try:
+            self.yielded = True
+            if self._offset >= len(self._data) and self._channel is not None:
+                try:
+                    self._data = await self._channel.receive()
+                except trio.EndOfChannel:
+                    self._data = b""
+                    self._channel = None
+                self._offset = 0
+            else:
+                await checkpoint()
+            data, start = self._data, self._offset
+            if max_bytes is None or start + max_bytes >= len(data):
+                self._offset = len(data)
+                return data if start == 0 else data[start:]
+            self._offset = start + max_bytes
+            return data[start : self._offset]
+        finally:
+            self._busy = False
+
+    async def aclose(self) -> None:
+        self._closed = True
+        self.yielded = True
+        if self._channel is not None:
+            await self._channel.aclose()
+        else:
+            await checkpoint()
