@@ -148,8 +148,8 @@ class StorageBase(SessionStorage):
     async def write_bytes(self, session_id: str, data: bytes, *, ttl: float | None = None) -> None:
         self._check(session_id)
         check_ttl(ttl)
-        if not isinstance(data, bytes):
-            if not isinstance(data, bytearray | memoryview):
+        if type(data) is not bytes:
+            if not isinstance(data, bytes | bytearray | memoryview):
                 raise TypeError(f"data must be bytes, not {type(data).__name__}")
             data = bytes(data)
         if len(data) > self._max_size:

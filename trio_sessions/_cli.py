@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import functools
 import importlib
 import os
 import sys
@@ -54,14 +55,14 @@ def _check(args: argparse.Namespace) -> int:
     failed = False
     for label, factory in targets:
         print(f"== {label}")
-        report = trio.run(
-            lambda factory=factory: check_storage(
-                factory,
-                clock_controlled=False if args.real_time else None,
-                max_examples=args.max_examples,
-                checks=args.only or None,
-            )
+        run = functools.partial(
+            check_storage,
+            factory,
+            clock_controlled=False if args.real_time else None,
+            max_examples=args.max_examples,
+            checks=args.only or None,
         )
+        report = trio.run(run)
         print(report.format(verbose=args.verbose))
         failed = failed or not report.passed
     return 1 if failed else 0

@@ -46,7 +46,7 @@ class BytesStorage(StorageBase):
         """Release resources; called once, by `aclose`."""
 
     async def _load(self, session_id: str) -> bytes | None:
-        data = await self.load(session_id)
+        data: object = await self.load(session_id)
         if data is None or type(data) is bytes:
             return data
         if isinstance(data, bytearray | memoryview):

@@ -276,16 +276,16 @@ async def _run_model(storage: SessionStorage, clock: ManualClock, ops: list[Op])
                 got = None
             _expect(got == (None if want is None else want[: op.n]), f"{op!r}: wrong prefix")
         elif op.kind == "read_failing":
-            error = ConsumerFailed()
+            consumer_error = ConsumerFailed()
 
             async def failing_consumer(stream: trio.abc.ReceiveStream) -> None:
                 await stream.receive_some(1)
-                raise error  # noqa: B023
+                raise consumer_error  # noqa: B023
 
             try:
                 await storage.read(sid, failing_consumer)
             except ConsumerFailed as exc:
-                _expect(exc is error, "the consumer's exception must propagate as itself")
+                _expect(exc is consumer_error, "the consumer's exception must propagate as itself")
             except SessionNotFound:
                 _expect(expected(sid) is None, "read() lost a stored value")
             else:
@@ -519,11 +519,12 @@ async def _size(storage: SessionStorage) -> None:
     sid, missing = _ids(2)
     await storage.write_bytes(sid, b"before")
     big = b"s" * (limit + 1)
-    for label, attempt in [
+    attempts: list[tuple[str, Callable[[str], Awaitable[None]]]] = [
         ("write_bytes", lambda s: storage.write_bytes(s, big)),
         ("write", lambda s: storage.write(s, _provider(_pieces(big, 5)))),
         ("write (one piece)", lambda s: storage.write(s, _provider([big]))),
-    ]:
+    ]
+    for label, attempt in attempts:
         for target in (sid, missing):
             try:
                 await attempt(target)
