@@ -287,20 +287,18 @@ class StorageBase(SessionStorage):
         async with receive:
             try:
                 sink = await self._open_sink(session_id, ttl)
+                try:
+                    async for chunk in receive:
+                        await sink.write(chunk)
+                    await sink.commit()
+                except BaseException:
+                    with trio.CancelScope(shield=True):
+                        await sink.abort()
+                    raise
             except _CONTRACT_ERRORS:
                 raise
             except Exception as exc:
-                raise self._failure("open a writer", exc) from exc
-            try:
-                async for chunk in receive:
-                    await sink.write(chunk)
-                await sink.commit()
-            except BaseException as exc:
-                with trio.CancelScope(shield=True):
-                    await sink.abort()
-                if isinstance(exc, Exception) and not isinstance(exc, _CONTRACT_ERRORS):
-                    raise self._failure("write", exc) from exc
-                raise
+                raise self._failure("write", exc) from exc
 
     async def __run_source(self, source: ChunkSource, send: trio.MemorySendChannel[bytes]) -> None:
         async with send:

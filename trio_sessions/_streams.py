@@ -89,7 +89,9 @@ class WriteStream(trio.abc.SendStream):
         finally:
             self._busy = False
 
-    async def _send_chunks(self, data: bytes | bytearray | memoryview) -> None:
+    async def _send_chunks(  # noqa: ASYNC910 (each chunk's send, or the final checkpoint)
+        self, data: bytes | bytearray | memoryview
+    ) -> None:
         assert self._chunk_size is not None
         if self._channel is None:
             assert self._spill is not None
@@ -182,9 +184,9 @@ class ReadStream(trio.abc.ReceiveStream):
             data, start = self._data, self._offset
             if max_bytes is None or start + max_bytes >= len(data):
                 self._offset = len(data)
-                return data if start == 0 else data[start:]
+                return data if start == 0 else data[start:]  # noqa: ASYNC910
             self._offset = start + max_bytes
-            return data[start : self._offset]
+            return data[start : self._offset]  # noqa: ASYNC910
         finally:
             self._busy = False
 

@@ -87,18 +87,18 @@ class MemoryStorage(StorageBase):
     async def _load(self, session_id: str) -> bytes | None:
         entry = self._entries.get(session_id)
         if entry is None:
-            return None
+            return None  # noqa: ASYNC910
         if entry[1] is not _NEVER and entry[1] <= self._clock():
             self._remove(session_id)
             self._expirations += 1
-            return None
+            return None  # noqa: ASYNC910
         if self._max_entries is not None:
             # Most recently used goes last.
             del self._entries[session_id]
             self._entries[session_id] = entry
-        return entry[0]
+        return entry[0]  # noqa: ASYNC910
 
-    async def _store(self, session_id: str, data: bytes, ttl: float | None) -> None:
+    async def _store(self, session_id: str, data: bytes, ttl: float | None) -> None:  # noqa: ASYNC910
         entries = self._entries
         old = entries.pop(session_id, None)
         if old is not None:
@@ -117,10 +117,10 @@ class MemoryStorage(StorageBase):
                 self._remove(next(iter(entries)))
                 self._evictions += 1
 
-    async def _delete(self, session_id: str) -> None:
+    async def _delete(self, session_id: str) -> None:  # noqa: ASYNC910
         self._remove(session_id)
 
-    async def _close(self) -> None:
+    async def _close(self) -> None:  # noqa: ASYNC910
         self._entries.clear()
         self._expiry.clear()
         self._bytes = 0

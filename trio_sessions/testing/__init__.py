@@ -154,6 +154,7 @@ async def check_storage(
         return trio.from_thread.run(fn)
 
     ctx = Context(factory, clock_controlled, max_examples, run)
+    await trio.lowlevel.checkpoint()
     results = []
     for name in checks if checks is not None else CHECKS:
         if name not in CHECKS:
