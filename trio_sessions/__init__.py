@@ -14,6 +14,9 @@ from ._ids import SESSION_ID_PATTERN as SESSION_ID_PATTERN
 from ._ids import check_session_id as check_session_id
 from ._ids import new_session_id as new_session_id
 from .storages.bytes import BytesStorage as BytesStorage
+from .storages.directory import DirectoryPurgeResult as DirectoryPurgeResult
+from .storages.directory import DirectoryStorage as DirectoryStorage
+from .storages.directory import DirectoryStorageStatistics as DirectoryStorageStatistics
 from .storages.memory import MemoryStorage as MemoryStorage
 from .storages.memory import MemoryStorageStatistics as MemoryStorageStatistics
 
@@ -24,6 +27,9 @@ __all__ = [
     "SESSION_ID_PATTERN",
     "BytesStorage",
     "Consumer",
+    "DirectoryPurgeResult",
+    "DirectoryStorage",
+    "DirectoryStorageStatistics",
     "InvalidSessionId",
     "MemoryStorage",
     "MemoryStorageStatistics",
