@@ -208,11 +208,11 @@ class _TempFile:
         self.crc = zlib.crc32(data, self.crc)
         self.length += len(data)
 
-    def commit(self, header: bytes | None = None) -> None:
-        """Write *header* at the start (if given), then make the file the target, atomically."""
-        if header is not None:
+    def commit(self, expires_at: float | None = None) -> None:
+        """Write the header (unless written already), then make the file the target."""
+        if expires_at is not None:
             os.lseek(self.fd, 0, os.SEEK_SET)
-            _write_all(self.fd, header)
+            _write_all(self.fd, _HEADER.pack(_MAGIC, _VERSION, expires_at, self.length, self.crc))
         if self.durable:
             os.fsync(self.fd)
         fd, self.fd = self.fd, -1
@@ -375,11 +375,7 @@ class DirectoryStorage(StorageBase):
 
     def _open_temp(self, directory: str, path: str) -> _TempFile:
         temp = _TempFile(directory, path, self._fsync)
-        try:
-            _write_all(temp.fd, bytes(_HEADER.size))  # room for the header
-        except BaseException:
-            temp.discard()
-            raise
+        os.lseek(temp.fd, _HEADER.size, os.SEEK_SET)  # commit() writes the header
         return temp
 
     # ----------------------------------------------------------- maintenance
@@ -508,23 +504,34 @@ class _Source:
 
 @final
 class _Sink:
-    """`ChunkSink` of a streaming write: chunks go to a temporary file."""
+    """`ChunkSink` of a streaming write: chunks go to a temporary file, 64 KiB per hop."""
 
     def __init__(self, storage: DirectoryStorage, temp: _TempFile, ttl: float | None) -> None:
         self._storage, self._temp, self._ttl = storage, temp, ttl
+        self._pending: list[bytes] = []
+        self._pending_size = 0
 
-    async def write(self, chunk: bytes) -> None:
-        await self._storage._run(self._temp.write, chunk)
+    def _take(self) -> bytes:
+        data = b"".join(self._pending)
+        self._pending.clear()
+        self._pending_size = 0
+        return data
+
+    async def write(self, chunk: bytes) -> None:  # noqa: ASYNC910 (the base class checkpoints)
+        # A provider may send small pieces: gather them into chunks before a thread hop.
+        self._pending.append(chunk)
+        self._pending_size += len(chunk)
+        if self._pending_size >= _CHUNK:
+            await self._storage._run(self._temp.write, self._take())
 
     async def commit(self) -> None:
-        temp = self._temp
         expires_at = self._storage._expiry(self._ttl)
-        header = _HEADER.pack(_MAGIC, _VERSION, expires_at, temp.length, temp.crc)
-        await self._storage._run(self._commit, header)
+        await self._storage._run(self._commit, self._take(), expires_at)
 
-    def _commit(self, header: bytes) -> None:
+    def _commit(self, rest: bytes, expires_at: float) -> None:
         try:
-            self._temp.commit(header)
+            self._temp.write(rest)
+            self._temp.commit(expires_at)
         except BaseException:
             self._temp.discard()
             raise

@@ -1,0 +1,393 @@
+"""DirectoryStorage beyond the shared contract: layout, format, purge, threads, cancellation."""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+import stat
+import threading
+import time
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+import trio
+import trio.testing
+
+from trio_sessions import (
+    DirectoryPurgeResult,
+    DirectoryStorage,
+    DirectoryStorageStatistics,
+    SessionNotFound,
+    StorageError,
+)
+from trio_sessions.storages import directory as directory_module
+from trio_sessions.testing import ManualClock
+
+SMALL = b"small session"
+LARGE = bytes(range(256)) * 1200  # 300 KiB: streams in several chunks
+
+
+def tree(root: Path) -> dict[str, bytes | None]:
+    """Every path under *root* (directories map to None), for before/after comparisons."""
+    found: dict[str, bytes | None] = {}
+    for path in sorted(root.rglob("*")):
+        found[str(path.relative_to(root))] = None if path.is_dir() else path.read_bytes()
+    return found
+
+
+def files(root: Path) -> list[Path]:
+    return sorted(p for p in root.rglob("*") if p.is_file())
+
+
+def temp_files(root: Path) -> list[Path]:
+    return [p for p in files(root) if p.name.endswith(".tmp")]
+
+
+def session_file(root: Path) -> Path:
+    (path,) = [p for p in files(root) if not p.name.endswith(".tmp")]
+    return path
+
+
+def provider_of(
+    value: bytes, piece: int = 10_000
+) -> Callable[[trio.abc.SendStream], Awaitable[None]]:
+    async def provider(stream: trio.abc.SendStream) -> None:
+        for start in range(0, len(value), piece):
+            await stream.send_all(value[start : start + piece])
+
+    return provider
+
+
+async def read_all(stream: trio.abc.ReceiveStream) -> bytes:
+    parts = []
+    while chunk := await stream.receive_some():
+        parts.append(chunk)
+    return b"".join(parts)
+
+
+@pytest.fixture
+def clock() -> ManualClock:
+    return ManualClock()
+
+
+@pytest.fixture
+def storage(tmp_path: Path, clock: ManualClock) -> DirectoryStorage:
+    return DirectoryStorage(tmp_path / "root", clock=clock)
+
+
+async def test_file_names_are_hashes_in_two_fanout_levels(storage: DirectoryStorage) -> None:
+    ids = [f"user-{n}-{'x' * n}" for n in range(20)]
+    with trio.fail_after(10):
+        for session_id in ids:
+            await storage.write_bytes(session_id, SMALL)
+    root = Path(storage.root)
+    paths = files(root)
+    assert len(paths) == len(ids)
+    for path in paths:
+        first, second, name = path.relative_to(root).parts
+        assert len(name) == 64
+        assert name.startswith(first + second)
+        assert int(name, 16) >= 0
+    listing = "\n".join(tree(root))
+    assert not any(session_id in listing for session_id in ids)
+
+
+async def test_files_are_private(storage: DirectoryStorage) -> None:
+    with trio.fail_after(10):
+        await storage.write_bytes("private", SMALL)
+    path = session_file(Path(storage.root))
+    assert stat.S_IMODE(path.stat().st_mode) & 0o077 == 0
+    assert stat.S_IMODE(path.parent.stat().st_mode) & 0o077 == 0
+
+
+async def test_reads_of_unknown_ids_create_nothing(storage: DirectoryStorage) -> None:
+    root = Path(storage.root)
+    with trio.fail_after(10):
+        for session_id in ("unknown", "a" * 256):
+            with pytest.raises(SessionNotFound):
+                await storage.read_bytes(session_id)
+            with pytest.raises(SessionNotFound):
+                await storage.read(session_id, read_all)
+            await storage.invalidate(session_id)
+        assert tree(root.parent) == {}
+        await storage.write_bytes("known", SMALL)
+        before = tree(root)
+        for session_id in ("unknown", "other"):
+            with pytest.raises(SessionNotFound):
+                await storage.read_bytes(session_id)
+            await storage.invalidate(session_id)
+        assert await storage.statistics() == DirectoryStorageStatistics(1, len(SMALL), 0)
+        assert tree(root) == before
+
+
+async def test_invalidate_removes_only_its_own_file(storage: DirectoryStorage) -> None:
+    with trio.fail_after(10):
+        await storage.write_bytes("one", SMALL)
+        await storage.write("two", provider_of(LARGE))
+        await storage.invalidate("one")
+        assert len(files(Path(storage.root))) == 1
+        assert await storage.read_bytes("two") == LARGE
+        with pytest.raises(SessionNotFound):
+            await storage.read_bytes("one")
+
+
+async def test_expiry_survives_a_restart_and_purge_removes_it(
+    tmp_path: Path, clock: ManualClock
+) -> None:
+    with trio.fail_after(10):
+        first = DirectoryStorage(tmp_path, clock=clock)
+        await first.write_bytes("short", b"a", ttl=10)
+        await first.write("long", provider_of(LARGE), ttl=100)
+        await first.write_bytes("forever", b"c")
+        await first.aclose()
+        second = DirectoryStorage(tmp_path, clock=clock)
+        clock.advance(50)
+        with pytest.raises(SessionNotFound):
+            await second.read_bytes("short")
+        assert await second.read("long", read_all) == LARGE
+        assert len(files(tmp_path)) == 3  # a read changes nothing
+        assert await second.purge() == DirectoryPurgeResult(expired=1, corrupt=0, temporary=0)
+        assert len(files(tmp_path)) == 2
+        clock.advance(10_000_000)
+        assert await second.purge() == DirectoryPurgeResult(expired=1, corrupt=0, temporary=0)
+        assert await second.read_bytes("forever") == b"c"
+
+
+def _truncate_payload(data: bytes) -> bytes:
+    return data[:-1]
+
+
+def _flip_last_byte(data: bytes) -> bytes:
+    return data[:-1] + bytes([data[-1] ^ 1])
+
+
+CORRUPTIONS: dict[str, Callable[[bytes], bytes]] = {
+    "empty": lambda data: b"",
+    "half header": lambda data: data[:10],
+    "header only": lambda data: data[:28],
+    "truncated payload": _truncate_payload,
+    "trailing garbage": lambda data: data + b"x",
+    "bad magic": lambda data: b"XXXX" + data[4:],
+    "unknown version": lambda data: data[:4] + b"\x63" + data[5:],
+    "flipped payload byte": _flip_last_byte,
+    "nan expiry": lambda data: data[:8] + b"\x7f\xf8" + bytes(6) + data[16:],
+}
+
+
+@pytest.mark.parametrize("corrupt", list(CORRUPTIONS), ids=list(CORRUPTIONS))
+@pytest.mark.parametrize("value", [SMALL, LARGE], ids=["small", "large"])
+async def test_unreadable_files_read_as_absent_and_purge_removes_them(
+    storage: DirectoryStorage, caplog: pytest.LogCaptureFixture, corrupt: str, value: bytes
+) -> None:
+    with trio.fail_after(10):
+        await storage.write_bytes("victim-session", value)
+        path = session_file(Path(storage.root))
+        path.write_bytes(CORRUPTIONS[corrupt](path.read_bytes()))
+        with caplog.at_level(logging.WARNING, logger=directory_module.__name__):
+            with pytest.raises(SessionNotFound):
+                await storage.read_bytes("victim-session")
+            if corrupt == "flipped payload byte" and value is LARGE:
+                # A streaming read finds a bad checksum only at the end.
+                with pytest.raises(StorageError):
+                    await storage.read("victim-session", read_all)
+            else:
+                with pytest.raises(SessionNotFound):
+                    await storage.read("victim-session", read_all)
+        assert caplog.records, "no warning was logged"
+        assert all("victim" not in record.getMessage() for record in caplog.records)
+        assert path.exists()
+        assert await storage.purge() == DirectoryPurgeResult(expired=0, corrupt=1, temporary=0)
+        assert not path.exists()
+        await storage.write_bytes("victim-session", b"new")
+        assert await storage.read_bytes("victim-session") == b"new"
+
+
+async def test_temporary_files_are_ignored_and_stale_ones_purged(storage: DirectoryStorage) -> None:
+    with trio.fail_after(10):
+        await storage.write_bytes("kept", SMALL)
+        directory = session_file(Path(storage.root)).parent
+        fresh = directory / ".0123456789abcdef.tmp"
+        stale = directory / ".fedcba9876543210.tmp"
+        for path in (fresh, stale):
+            path.write_bytes(b"half a write")
+        old = time.time() - 7200
+        os.utime(stale, (old, old))
+        assert await storage.read_bytes("kept") == SMALL
+        assert await storage.statistics() == DirectoryStorageStatistics(1, len(SMALL), 2)
+        assert await storage.purge() == DirectoryPurgeResult(expired=0, corrupt=0, temporary=1)
+        assert fresh.exists()
+        assert not stale.exists()
+        assert await storage.purge(temp_grace=-1) == DirectoryPurgeResult(0, 0, 1)
+        assert temp_files(Path(storage.root)) == []
+        assert await storage.read_bytes("kept") == SMALL
+
+
+async def test_purge_and_statistics_leave_foreign_files_alone(storage: DirectoryStorage) -> None:
+    root = Path(storage.root)
+    with trio.fail_after(10):
+        await storage.write_bytes("mine", SMALL)
+        foreign = [root / "README", root / "zz" / "notes.txt", root / "ab" / "cd" / ("0" * 64)]
+        for path in foreign:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_bytes(b"not a session")
+        assert await storage.statistics() == DirectoryStorageStatistics(1, len(SMALL), 0)
+        assert await storage.purge(temp_grace=-1) == DirectoryPurgeResult(0, 0, 0)
+        assert all(path.exists() for path in foreign)
+
+
+async def test_purge_keeps_a_session_rewritten_while_it_looks(
+    storage: DirectoryStorage, clock: ManualClock, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    with trio.fail_after(10):
+        await storage.write_bytes("racy", b"old", ttl=1)
+        clock.advance(2)
+        path = str(session_file(Path(storage.root)))
+        real_rename = os.rename
+
+        def rename_after_a_rewrite(src: str, dst: str) -> None:
+            if src == path:  # another process renews the session just now
+                storage._write_file(os.path.dirname(path), path, b"renewed", math.inf)
+            real_rename(src, dst)
+
+        monkeypatch.setattr(os, "rename", rename_after_a_rewrite)
+        assert await storage.purge() == DirectoryPurgeResult(expired=0, corrupt=0, temporary=0)
+        monkeypatch.undo()
+        assert await storage.read_bytes("racy") == b"renewed"
+        assert temp_files(Path(storage.root)) == []
+
+
+@pytest.fixture
+def thread_hops(monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    hops: list[str] = []
+    real = trio.to_thread.run_sync
+
+    async def counting(fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
+        hops.append(getattr(fn, "__name__", repr(fn)))
+        return await real(fn, *args, **kwargs)
+
+    monkeypatch.setattr(trio.to_thread, "run_sync", counting)
+    return hops
+
+
+async def test_one_thread_hop_per_small_operation(
+    storage: DirectoryStorage, thread_hops: list[str]
+) -> None:
+    operations: list[Callable[[], Awaitable[object]]] = [
+        lambda: storage.write_bytes("hops", SMALL),
+        lambda: storage.read_bytes("hops"),
+        lambda: storage.write("hops", provider_of(SMALL * 100, piece=7)),
+        lambda: storage.read("hops", read_all),
+        lambda: storage.invalidate("hops"),
+    ]
+    with trio.fail_after(10):
+        for operation in operations:
+            thread_hops.clear()
+            await operation()
+            assert len(thread_hops) == 1, thread_hops
+
+
+async def test_large_values_stream_chunk_by_chunk(
+    storage: DirectoryStorage, thread_hops: list[str]
+) -> None:
+    chunks = -(-len(LARGE) // (64 * 1024))
+    with trio.fail_after(10):
+        await storage.write("big", provider_of(LARGE))
+        # open, a hop per 64 KiB gathered from the provider's 10 KB pieces, commit
+        assert len(thread_hops) <= 1 + chunks + 1, thread_hops
+        thread_hops.clear()
+        assert await storage.read("big", read_all) == LARGE
+        assert len(thread_hops) == chunks  # the first chunk comes with the open
+
+
+async def test_the_limiter_bounds_worker_threads(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    limiter = trio.CapacityLimiter(2)
+    storage = DirectoryStorage(tmp_path, limiter=limiter)
+    lock = threading.Lock()
+    running = peak = 0
+    real_fsync = os.fsync
+
+    def slow_fsync(fd: int) -> None:
+        nonlocal running, peak
+        with lock:
+            running += 1
+            peak = max(peak, running)
+        time.sleep(0.005)  # in a worker thread
+        real_fsync(fd)
+        with lock:
+            running -= 1
+
+    monkeypatch.setattr(os, "fsync", slow_fsync)
+    with trio.fail_after(20):
+        async with trio.open_nursery() as nursery:
+            for n in range(16):
+                nursery.start_soon(storage.write_bytes, f"id-{n}", SMALL)
+    assert peak == 2
+
+
+@pytest.mark.parametrize("value", [SMALL, LARGE], ids=["small", "large"])
+async def test_a_cancelled_write_completes_or_leaves_nothing(
+    storage: DirectoryStorage, value: bytes
+) -> None:
+    outcomes = set()
+    with trio.fail_after(30):
+        # Cancel at moments spread over the write, from before it starts to after it ends.
+        for delay in [0.0, *(n * 0.0003 for n in range(40)), 0.5]:
+            await storage.write_bytes("cancelled", b"old")
+
+            async def write() -> None:
+                await storage.write("cancelled", provider_of(value))
+
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(write)
+                await trio.sleep(delay)
+                nursery.cancel_scope.cancel()
+            got = await storage.read_bytes("cancelled")
+            assert got in (b"old", value)
+            outcomes.add(got)
+            assert temp_files(Path(storage.root)) == []
+    assert outcomes == {b"old", value}
+
+
+async def test_a_failing_provider_leaves_the_old_value_and_no_temporary_file(
+    storage: DirectoryStorage,
+) -> None:
+    class Failed(Exception):
+        pass
+
+    async def failing(stream: trio.abc.SendStream) -> None:
+        await stream.send_all(LARGE)
+        raise Failed
+
+    with trio.fail_after(10):
+        await storage.write_bytes("kept", b"old")
+        with pytest.raises(Failed):
+            await storage.write("kept", failing)
+        assert await storage.read_bytes("kept") == b"old"
+        assert temp_files(Path(storage.root)) == []
+
+
+async def test_a_reader_keeps_the_version_it_opened(storage: DirectoryStorage) -> None:
+    new = bytes(reversed(LARGE))
+    with trio.fail_after(10):
+        await storage.write("snapshot", provider_of(LARGE))
+
+        async def consumer(stream: trio.abc.ReceiveStream) -> bytes:
+            first = bytes(await stream.receive_some())
+            await storage.write("snapshot", provider_of(new))
+            return first + await read_all(stream)
+
+        assert await storage.read("snapshot", consumer) == LARGE
+        assert await storage.read_bytes("snapshot") == new
+
+
+async def test_maintenance_after_close_raises(storage: DirectoryStorage) -> None:
+    await storage.aclose()
+    with pytest.raises(trio.ClosedResourceError):
+        await storage.purge()
+    with pytest.raises(trio.ClosedResourceError):
+        await storage.statistics()
