@@ -68,6 +68,12 @@ def _check(args: argparse.Namespace) -> int:
     return 1 if failed else 0
 
 
+def _demo(args: argparse.Namespace) -> int:
+    from ._demo import main as demo_main
+
+    return demo_main(args.host, args.port, args.root)
+
+
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="trio-sessions", description="Server-side web sessions for trio."
@@ -91,6 +97,19 @@ def _parser() -> argparse.ArgumentParser:
     )
     check.add_argument("-v", "--verbose", action="store_true", help="full tracebacks")
     check.set_defaults(run=_check)
+    demo = commands.add_parser(
+        "demo",
+        help="serve the demo web app (Quart-Trio) with sessions in a directory",
+        description=(
+            "Serve a small Quart-Trio app with a visit counter, login (id rotation), "
+            "logout and a view of what the server stores. Sessions are kept in a "
+            "DirectoryStorage under ROOT and survive restarts. Needs the 'quart' extra."
+        ),
+    )
+    demo.add_argument("--host", default="127.0.0.1", help="address to listen on")
+    demo.add_argument("--port", type=int, default=8000, help="0 picks a free port")
+    demo.add_argument("--root", default=".trio-sessions", help="where sessions are stored")
+    demo.set_defaults(run=_demo)
     return parser
 
 

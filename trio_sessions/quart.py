@@ -1,0 +1,160 @@
+"""Server-side sessions for Quart-Trio applications.
+
+::
+
+    from quart_trio import QuartTrio
+    from trio_sessions import DirectoryStorage
+    from trio_sessions.quart import init_app
+
+    app = QuartTrio(__name__)
+    init_app(app, DirectoryStorage("/var/lib/myapp/sessions"), idle_timeout=1800)
+
+`quart.session` is then a `trio_sessions.Session`. A storage that owns background tasks is
+given as a factory (``init_app(app, lambda: open_cache_storage(...))``): it is opened in
+``app.nursery`` when the app starts serving and closed, promptly, when it stops.
+
+When the storage fails while loading a session, the request gets a 503 response (and the
+error is logged) instead of running as a logged-out user; see the manager's
+``on_storage_error``. Requires the ``quart`` extra (quart-trio).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Awaitable, Callable
+from typing import TYPE_CHECKING, Any, final
+
+import trio
+
+try:
+    from quart import Response
+    from quart.globals import request_ctx, websocket_ctx
+    from quart.sessions import NullSession, SessionInterface
+    from quart_trio import QuartTrio
+except ImportError as exc:  # pragma: no cover - depends on the environment
+    raise ImportError(
+        "trio_sessions.quart needs Quart-Trio: pip install 'trio-sessions[quart]'"
+    ) from exc
+
+from ._abc import SessionStorage
+from ._errors import StorageError
+from ._sessions import UNOPENED, Session, SessionManager, StorageSource, open_storage_source
+
+if TYPE_CHECKING:
+    from quart import Quart
+    from quart.wrappers import BaseRequestWebsocket
+    from werkzeug.wrappers import Response as WerkzeugResponse
+
+__all__ = ["TrioSessionInterface", "init_app"]
+
+logger = logging.getLogger("trio_sessions")
+
+_UNAVAILABLE_BODY = "Service Unavailable: the session store cannot be reached.\n"
+
+
+class _UnavailableSession(NullSession):
+    """Marks a request whose session could not be loaded; it is answered with 503."""
+
+
+def _unavailable() -> Response:
+    return Response(_UNAVAILABLE_BODY, 503, {"Retry-After": "5", "Cache-Control": "no-store"})
+
+
+@final
+class TrioSessionInterface(SessionInterface):
+    """A Quart `SessionInterface` backed by a `SessionManager`. Use `init_app` to install it.
+
+    Args:
+      storage: a `SessionStorage` (its owner closes it), or a zero-argument callable
+        returning an async context manager that yields one (opened in ``app.nursery``
+        when the app starts serving, closed when it stops).
+      options: keyword arguments for `SessionManager` (timeouts, ``secret_key``,
+        ``cookie``, ...).
+    """
+
+    null_session_class = _UnavailableSession
+
+    def __init__(self, storage: StorageSource, **options: Any) -> None:
+        self._source = storage
+        opened = storage if isinstance(storage, SessionStorage) else UNOPENED
+        self.manager = SessionManager(opened, **options)
+        self._stop: Callable[[], Awaitable[None]] | None = None
+
+    async def open_session(  # type: ignore[override]
+        self, app: Quart, request: BaseRequestWebsocket
+    ) -> Session | None:
+        cookies = "; ".join(request.headers.getlist("Cookie"))
+        try:
+            return await self.manager.load_from_header(cookies)
+        except (StorageError, trio.ClosedResourceError):
+            await trio.lowlevel.checkpoint()
+            return None  # Quart then makes an _UnavailableSession, answered with 503
+
+    async def save_session(
+        self, app: Quart, session: object, response: Response | WerkzeugResponse | None
+    ) -> None:
+        if not isinstance(session, Session):
+            await trio.lowlevel.checkpoint()
+            return
+        try:
+            header = await self.manager.save(session)
+        except (StorageError, trio.ClosedResourceError) as exc:
+            logger.error("session storage failed while saving a session: %r", exc)
+            if response is not None:
+                response.status_code = 503
+                response.headers["Retry-After"] = "5"
+                response.set_data(_UNAVAILABLE_BODY)
+            await trio.lowlevel.checkpoint()
+            return
+        if response is None:
+            if header is not None:
+                logger.warning("a session created during a websocket cannot set its cookie")
+            return
+        if header is not None:
+            response.headers.add("Set-Cookie", header)
+        if header is not None or session.accessed:
+            response.vary.add("Cookie")
+
+    async def _start(self, app: QuartTrio) -> None:
+        if isinstance(self._source, SessionStorage):
+            await trio.lowlevel.checkpoint()
+            return
+        storage, self._stop = await app.nursery.start(open_storage_source, self._source)
+        self.manager._bind(storage)
+
+    async def _finish(self) -> None:
+        stop, self._stop = self._stop, None
+        if stop is None:
+            await trio.lowlevel.checkpoint()
+            return
+        self.manager._bind(UNOPENED)
+        await stop()
+
+    async def _reject_request(self) -> Response | None:
+        await trio.lowlevel.checkpoint()
+        return _unavailable() if isinstance(request_ctx.session, _UnavailableSession) else None
+
+    async def _reject_websocket(self) -> Response | None:
+        await trio.lowlevel.checkpoint()
+        return _unavailable() if isinstance(websocket_ctx.session, _UnavailableSession) else None
+
+
+def init_app(app: QuartTrio, storage: StorageSource, **options: Any) -> TrioSessionInterface:
+    """Give *app* server-side sessions in *storage*; return the installed interface.
+
+    *options* go to `SessionManager`. The storage (if given as a factory) opens when the
+    app starts serving, in ``app.nursery``, and closes when it stops.
+    """
+    if not isinstance(app, QuartTrio):
+        raise TypeError("init_app needs a quart_trio.QuartTrio application")
+    interface = TrioSessionInterface(storage, **options)
+    app.session_interface = interface  # type: ignore[assignment]
+
+    async def start() -> None:
+        await interface._start(app)
+
+    app.before_serving(start)
+    app.after_serving(interface._finish)
+    app.before_request(interface._reject_request)
+    app.before_websocket(interface._reject_websocket)
+    return interface
