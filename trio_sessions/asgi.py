@@ -67,7 +67,7 @@ class SessionMiddleware:
         ``cookie``, ...).
     """
 
-    def __init__(self, app: ASGIApp, storage: StorageSource, **options: Any) -> None:
+    def __init__(self, app: ASGIApp, /, storage: StorageSource, **options: Any) -> None:
         self.app = app
         self._source = storage
         opened = storage if isinstance(storage, SessionStorage) else UNOPENED
