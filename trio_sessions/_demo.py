@@ -9,6 +9,7 @@ restart of the demo. Requires the ``quart`` extra.
 from __future__ import annotations
 
 import html
+import json
 import os
 import secrets
 import signal
@@ -146,7 +147,7 @@ async def _page(manager: SessionManager, visitor: Session, clock: Callable[[], f
         if manager.absolute_timeout is not None
         else float("inf")
     )
-    data = html.escape(repr(dict(visitor)))
+    data = html.escape(json.dumps(dict(visitor)))
     created = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(visitor.created_at))
     idle = manager.idle_timeout
     idle_text = f"{_when(idle_end - now)} (sliding: {idle:.0f} s after a visit)"
@@ -175,7 +176,7 @@ in this session.</p>
 <h2>What the server stores for you</h2>
 <table>
 <tr><td>storage</td><td><code>{where}</code></td></tr>
-<tr><td>stored record</td><td id="size">{size}</td></tr>
+<tr><td>stored before this visit</td><td id="size">{size}</td></tr>
 <tr><td>session data</td><td><code id="data">{data}</code></td></tr>
 <tr><td>created</td><td>{created}</td></tr>
 <tr><td>idle expiry</td><td>{idle_text}</td></tr>
