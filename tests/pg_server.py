@@ -102,6 +102,7 @@ class PostgresServer:
         prefix = ["runuser", "-u", self._user, "--"] if self._user else []
         result = subprocess.run(
             [*prefix, *command],
+            cwd=self.root,  # the server's user may not be able to enter ours
             stdin=subprocess.DEVNULL,
             capture_output=True,
             text=True,

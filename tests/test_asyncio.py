@@ -62,7 +62,6 @@ async def open_dict_store(clock: ManualClock, events: list[str]) -> AsyncIterato
 
 
 class TestAsyncioBridgeConformance(StorageConformance):
-
     def open_storage(self, clock: ManualClock) -> object:
         return open_asyncio_storage(open_dict_store(clock, []), max_size=512 * 1024)
 
@@ -240,3 +239,12 @@ async def test_an_error_in_the_block_comes_out_as_itself() -> None:
     with trio.fail_after(10), pytest.raises(BodyFailed) as info:
         await body()
     assert info.value is error
+
+
+def test_the_public_names() -> None:
+    import trio_sessions.asyncio
+    import trio_sessions.storages.postgres
+
+    for module in (trio_sessions.asyncio, trio_sessions.storages.postgres):
+        for name in module.__all__:
+            assert getattr(module, name).__module__.startswith("trio_sessions"), name

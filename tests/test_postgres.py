@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import sys
 from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager
 from typing import Any
@@ -333,3 +334,24 @@ async def _restart_under_load(server: PostgresServer) -> None:
             restarted.set()
     assert sum(progress["errors"]) > 0, f"the server's stop went unnoticed: {progress}"
     assert min(progress["ok_after"]) >= after, progress
+
+
+async def test_purge_from_the_command_line(dsn: str) -> None:
+    past = ManualClock(start=1_000_000_000.0)  # 2001: sessions written then have expired
+    with trio.fail_after(60):
+        async with open_postgres_storage(dsn, table="cli_purge", clock=past) as storage:
+            await storage.write_bytes("old-1", b"x", ttl=60)
+            await storage.write_bytes("old-2", b"x", ttl=60)
+            await storage.write_bytes("kept", b"k")
+        command = [sys.executable, "-m", "trio_sessions", "purge", "--postgres", dsn]
+        done = await trio.run_process(
+            [*command, "--table", "cli_purge"], capture_stdout=True, capture_stderr=True
+        )
+        assert done.stdout.decode().strip() == "purged 2 expired sessions from cli_purge"
+        async with open_postgres_storage(dsn, table="cli_purge", clock=past) as storage:
+            assert await storage.read_bytes("kept") == b"k"
+        missing = await trio.run_process(
+            [*command, "--table", "no_such_table"], capture_stderr=True, check=False
+        )
+        assert missing.returncode == 1
+        assert b"no_such_table" in missing.stderr

@@ -147,7 +147,9 @@ async def _asyncio_loop() -> AsyncIterator[TrioEventLoop]:
 
 
 async def _enter(
-    loop: TrioEventLoop, store: AsyncioByteStore | AbstractAsyncContextManager[AsyncioByteStore]
+    loop: TrioEventLoop,
+    store: AsyncioByteStore | AbstractAsyncContextManager[AsyncioByteStore],
+    name: str,
 ) -> tuple[AsyncioByteStore, Callable[[], Awaitable[object]] | None]:
     """Enter *store* on the asyncio side if it is a context manager; return its exit."""
     if not hasattr(store, "__aenter__"):
@@ -160,7 +162,7 @@ async def _enter(
     try:
         entered = await loop.run_aio_coroutine(_call_in_asyncio(manager.__aenter__))
     except (Exception, asyncio.CancelledError) as exc:
-        message = f"could not open {type(manager).__name__}: {exc!r}"
+        message = f"could not open {name}: {exc!r}"
         raise StorageError(message) from exc  # noqa: ASYNC104 (asyncio's cancellation)
 
     async def release() -> None:
@@ -177,7 +179,7 @@ async def open_bridged(
 ) -> AsyncIterator[S]:
     """Open a loop (or join one), enter *store*, yield ``cls(loop, store, close, ...)``."""
     async with _asyncio_loop() as loop:
-        backend, release = await _enter(loop, store)
+        backend, release = await _enter(loop, store, getattr(cls, "__name__", "storage"))
         try:
             storage = cls(loop, backend, release, **kwargs)
         except BaseException:

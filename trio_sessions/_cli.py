@@ -74,6 +74,30 @@ def _demo(args: argparse.Namespace) -> int:
     return demo_main(args.host, args.port, args.root)
 
 
+def _purge(args: argparse.Namespace) -> int:
+    from ._errors import StorageError
+    from .storages.postgres import open_postgres_storage
+
+    try:
+        import asyncpg  # noqa: F401
+        import trio_asyncio  # noqa: F401
+    except ImportError as exc:
+        print(f"error: purging PostgreSQL needs the 'postgres' extra ({exc})", file=sys.stderr)
+        return 2
+
+    async def purge() -> int:
+        async with open_postgres_storage(args.postgres, table=args.table, create_table=False) as s:
+            return await s.purge()
+
+    try:
+        deleted = trio.run(purge)
+    except (StorageError, ValueError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    print(f"purged {deleted} expired sessions from {args.table}")
+    return 0
+
+
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="trio-sessions", description="Server-side web sessions for trio."
@@ -110,6 +134,17 @@ def _parser() -> argparse.ArgumentParser:
     demo.add_argument("--port", type=int, default=8000, help="0 picks a free port")
     demo.add_argument("--root", default=".trio-sessions", help="where sessions are stored")
     demo.set_defaults(run=_demo)
+    purge = commands.add_parser(
+        "purge",
+        help="delete expired sessions from a storage",
+        description="Delete expired sessions (reads already ignore them); run it from cron.",
+    )
+    target = purge.add_mutually_exclusive_group(required=True)
+    target.add_argument("--postgres", metavar="DSN", help="a PostgresStorage database")
+    purge.add_argument(
+        "--table", default="trio_sessions", help="PostgresStorage table (default: %(default)s)"
+    )
+    purge.set_defaults(run=_purge)
     return parser
 
 

@@ -209,16 +209,15 @@ async def open_postgres_storage(
 ) -> AsyncIterator[PostgresStorage]:
     """Open a `PostgresStorage` on the database at *dsn* (a ``postgresql://`` URL).
 
-    Args:
-      dsn: where to connect, as asyncpg takes it (libpq URL or key=value string).
-      table: the sessions table, optionally schema-qualified (``"app.sessions"``).
-      max_size: the largest session payload, in bytes.
-      max_connections: the connection pool's size; the pool opens one connection at
-        first and grows on demand. It is closed when the block exits.
-      create_table: create the table and its index if missing (see `schema_sql`);
+    :param dsn: where to connect, as asyncpg takes it (libpq URL or key=value string).
+    :param table: the sessions table, optionally schema-qualified (``"app.sessions"``).
+    :param max_size: the largest session payload, in bytes.
+    :param max_connections: the connection pool's size; the pool opens one connection
+        at first and grows on demand. It is closed when the block exits.
+    :param create_table: create the table and its index if missing (see `schema_sql`);
         with ``False`` the table must exist.
-      clock: seconds since the epoch, for expiry times (`time.time`).
-      pool_options: more keyword arguments for ``asyncpg.create_pool`` (``ssl``,
+    :param clock: seconds since the epoch, for expiry times (`time.time`).
+    :param pool_options: more keyword arguments for ``asyncpg.create_pool`` (``ssl``,
         ``server_settings``, ``connect``, ...).
 
     The storage runs asyncpg on a trio-asyncio loop (see :mod:`trio_sessions.asyncio`):
