@@ -51,12 +51,14 @@ class WriteStream(trio.abc.SendStream):
         *,
         chunk_size: int | None = None,
         spill: Callable[[], trio.MemorySendChannel[bytes]] | None = None,
+        channel: trio.MemorySendChannel[bytes] | None = None,
     ) -> None:
         self._max_size = max_size
-        # Without *spill* (or *chunk_size*), the whole value is buffered.
-        self._chunk_size = chunk_size if spill is not None else None
+        # Without a channel (given, or made on demand by *spill*), the value is buffered.
+        has_channel = spill is not None or channel is not None
+        self._chunk_size = chunk_size if has_channel else None
         self._spill = spill
-        self._channel: trio.MemorySendChannel[bytes] | None = None
+        self._channel = channel
         self._parts: list[bytes] = []
         self._size = 0
         self._closed = False
@@ -176,6 +178,8 @@ class ReadStream(trio.abc.ReceiveStream):
                 try:
                     self._data = await self._channel.receive()
                 except trio.EndOfChannel:
+                    # A closed channel raises without a schedule point; keep the promise.
+                    await trio.lowlevel.cancel_shielded_checkpoint()
                     self._data = b""
                     self._channel = None
                 self._offset = 0

@@ -34,7 +34,8 @@ from typing import Any, ClassVar
 
 import trio
 
-from ._checks import CHECKS, Context, ManualClock, StorageFactory
+from ._checks import CHECKS, ManualClock, StorageFactory
+from ._checks import Context as _Context
 
 __all__ = [
     "CHECKS",
@@ -103,7 +104,7 @@ def _clock_style(factory: Callable[..., Any]) -> str:
     return "none"
 
 
-def as_factory(factory: Callable[..., Any]) -> tuple[StorageFactory, bool]:
+def _as_factory(factory: Callable[..., Any]) -> tuple[StorageFactory, bool]:
     """Adapt *factory* to the harness; also return whether it takes the clock."""
     style = _clock_style(factory)
     if style == "positional":
@@ -113,7 +114,7 @@ def as_factory(factory: Callable[..., Any]) -> tuple[StorageFactory, bool]:
     return (lambda clock: factory()), False
 
 
-def _run_check(name: str, ctx: Context) -> CheckResult:
+def _run_check(name: str, ctx: _Context) -> CheckResult:
     check = CHECKS[name]
     description = (check.__doc__ or "").strip().splitlines()[0]
     ctx.example = None
@@ -146,14 +147,14 @@ async def check_storage(
     The checks run one at a time; hypothesis drives them from a worker thread and each
     example runs back in this trio run, so the storage lives in the caller's event loop.
     """
-    factory, takes_clock = as_factory(open_storage)
+    factory, takes_clock = _as_factory(open_storage)
     if clock_controlled is None:
         clock_controlled = takes_clock
 
     def run(fn: Callable[[], Awaitable[Any]]) -> Any:
         return trio.from_thread.run(fn)
 
-    ctx = Context(factory, clock_controlled, max_examples, run)
+    ctx = _Context(factory, clock_controlled, max_examples, run)
     await trio.lowlevel.checkpoint()
     results = []
     for name in checks if checks is not None else CHECKS:
@@ -180,7 +181,7 @@ class StorageConformance:
         raise NotImplementedError
 
     def _check(self, name: str) -> None:
-        ctx = Context(self.open_storage, self.clock_controlled, self.max_examples, trio.run)
+        ctx = _Context(self.open_storage, self.clock_controlled, self.max_examples, trio.run)
         CHECKS[name](ctx)
 
     def test_errors_and_checkpoints(self) -> None:
