@@ -157,6 +157,19 @@ async def test_schema_qualified_tables_are_separate(dsn: str) -> None:
                 await two.write_bytes("same-id", b"two")
                 assert await one.read_bytes("same-id") == b"one"
                 assert await two.read_bytes("same-id") == b"two"
+            for _ in range(2):  # names keep their case; the second open finds the table
+                async with open_postgres_storage(dsn, table="app.MixedCase") as mixed:
+                    await mixed.write_bytes("a", b"mixed")
+                    assert await mixed.read_bytes("a") == b"mixed"
+            tables = await aio_as_trio(sql.fetch)(
+                "SELECT schemaname, tablename FROM pg_tables WHERE tablename ILIKE '%sessions'"
+                " OR tablename ILIKE 'mixedcase'"
+            )
+            assert sorted(tuple(t) for t in tables) == [
+                ("app", "MixedCase"),
+                ("app", "sessions"),
+                ("public", "sessions"),
+            ]
 
 
 @pytest.mark.parametrize("table", ["", "a-b", 'x"; DROP TABLE y; --', "a.b.c", "1abc", "x" * 49])
@@ -193,6 +206,16 @@ async def _active_queries(sql: Any) -> list[str]:
     return [row["query"] for row in rows]
 
 
+async def _wait_for_active_query(sql: Any) -> str:
+    """Wait until the storage's connection runs a query on the server; return it."""
+    for _ in range(2000):
+        if active := await _active_queries(sql):
+            (query,) = active
+            return query
+        await trio.sleep(0.01)
+    raise AssertionError("the query never showed up in pg_stat_activity")
+
+
 class PgSleepStore:
     """An asyncio store on asyncpg whose ``load("slow")`` runs ``pg_sleep`` for an hour."""
 
@@ -227,8 +250,16 @@ async def test_cancelling_trio_cancels_pg_sleep_on_the_server(dsn: str) -> None:
 
             async with open_asyncio_storage(open_store()) as storage:
                 await storage.write_bytes("a", b"value a")
-                with trio.move_on_after(0.5) as scope:
-                    await storage.read_bytes("slow")
+                async with trio.open_nursery() as nursery:
+                    scope = trio.CancelScope()
+
+                    async def slow_read() -> None:
+                        with scope:
+                            await storage.read_bytes("slow")
+
+                    nursery.start_soon(slow_read)
+                    assert await _wait_for_active_query(sql) == "SELECT pg_sleep(3600)"
+                    scope.cancel()
                 assert scope.cancelled_caught
                 # The trio call returned only after the server had cancelled the query.
                 assert await _active_queries(sql) == []
@@ -261,11 +292,7 @@ async def test_a_cancelled_write_waiting_on_a_lock_is_cancelled_on_the_server(ds
                                 await storage.write_bytes("held", b"new")
 
                         nursery.start_soon(blocked_write)
-                        for _ in range(1000):  # until the server shows the write waiting
-                            if await _active_queries(sql):
-                                break
-                            await trio.sleep(0.01)
-                        (query,) = await _active_queries(sql)
+                        query = await _wait_for_active_query(sql)
                         assert query.startswith('INSERT INTO "locked"')
                         scope.cancel()
                     assert scope.cancelled_caught

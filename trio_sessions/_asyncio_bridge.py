@@ -153,9 +153,9 @@ async def _enter(
 ) -> tuple[AsyncioByteStore, Callable[[], Awaitable[object]] | None]:
     """Enter *store* on the asyncio side if it is a context manager; return its exit."""
     if not hasattr(store, "__aenter__"):
-        for name in ("load", "store", "delete"):
-            if not callable(getattr(store, name, None)):
-                raise TypeError(f"{type(store).__name__} has no {name}() method")
+        for method in ("load", "store", "delete"):
+            if not callable(getattr(store, method, None)):
+                raise TypeError(f"{type(store).__name__} has no {method}() method")
         await trio.lowlevel.checkpoint()
         return store, None
     manager = cast(AbstractAsyncContextManager[AsyncioByteStore], store)

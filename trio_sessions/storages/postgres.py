@@ -47,20 +47,21 @@ _FAR_FUTURE = datetime(9999, 12, 31, tzinfo=UTC)
 PURGE_BATCH = 5000
 
 
-def _split_table(table: str) -> tuple[str | None, str]:
+def _split_table(table: str) -> tuple[str, str]:
+    """Return *table* quoted for SQL, and its unqualified name."""
     match = _TABLE.fullmatch(table) if isinstance(table, str) else None
     if match is None:
         raise ValueError(
             f"table must be a plain or schema-qualified SQL name (letters, digits, _), "
             f"not {table!r}"
         )
-    return match.group(1), match.group(2)
+    schema, name = match.group(1), match.group(2)
+    return (f'"{schema}"."{name}"' if schema else f'"{name}"'), name
 
 
 def schema_sql(table: str = "trio_sessions") -> str:
     """The SQL that creates *table* and its index (what ``create_table=True`` runs)."""
-    schema, name = _split_table(table)
-    qualified = f'"{schema}"."{name}"' if schema else f'"{name}"'
+    qualified, name = _split_table(table)
     return (
         f"CREATE TABLE IF NOT EXISTS {qualified} (\n"
         "    id_hash bytea PRIMARY KEY,\n"
@@ -91,9 +92,9 @@ class _PostgresStore:
     """The asyncio side: asyncpg statements over a pool (all methods run on asyncio)."""
 
     def __init__(self, pool: asyncpg.Pool, table: str, clock: Callable[[], float]) -> None:
-        schema, name = _split_table(table)
-        t = f'"{schema}"."{name}"' if schema else f'"{name}"'
+        t, _ = _split_table(table)
         self.pool = pool
+        self.quoted = t
         self.table = table
         self.clock = clock
         self.sql_load = (
@@ -116,7 +117,7 @@ class _PostgresStore:
         async with self.pool.acquire() as connection, connection.transaction():
             # Serialize creators: concurrent CREATE ... IF NOT EXISTS can still collide.
             await connection.execute("SELECT pg_advisory_xact_lock(hashtext($1))", self.table)
-            if await connection.fetchval("SELECT to_regclass($1)", self.table) is None:
+            if await connection.fetchval("SELECT to_regclass($1)", self.quoted) is None:
                 await connection.execute(schema_sql(self.table))
 
     async def load(self, session_id: str) -> bytes | None:
