@@ -284,21 +284,24 @@ class StorageBase(SessionStorage):
     async def __run_sink(
         self, session_id: str, ttl: float | None, receive: trio.MemoryReceiveChannel[bytes]
     ) -> None:
-        async with receive:
+        # A failing sink leaves *receive* open: the provider, blocked in send_all, then
+        # gets the nursery's cancellation, not a BrokenResourceError of its own, and the
+        # caller sees one error (the StorageError), not a group of two.
+        try:
+            sink = await self._open_sink(session_id, ttl)
             try:
-                sink = await self._open_sink(session_id, ttl)
-                try:
-                    async for chunk in receive:
-                        await sink.write(chunk)
-                    await sink.commit()
-                except BaseException:
-                    with trio.CancelScope(shield=True):
-                        await sink.abort()
-                    raise
-            except _CONTRACT_ERRORS:
+                async for chunk in receive:
+                    await sink.write(chunk)
+                await sink.commit()
+            except BaseException:
+                with trio.CancelScope(shield=True):
+                    await sink.abort()
                 raise
-            except Exception as exc:
-                raise self._failure("write", exc) from exc
+        except _CONTRACT_ERRORS:
+            raise
+        except Exception as exc:
+            raise self._failure("write", exc) from exc
+        receive.close()
 
     async def __run_source(self, source: ChunkSource, send: trio.MemorySendChannel[bytes]) -> None:
         async with send:

@@ -375,7 +375,11 @@ class DirectoryStorage(StorageBase):
 
     def _open_temp(self, directory: str, path: str) -> _TempFile:
         temp = _TempFile(directory, path, self._fsync)
-        os.lseek(temp.fd, _HEADER.size, os.SEEK_SET)  # commit() writes the header
+        try:
+            os.lseek(temp.fd, _HEADER.size, os.SEEK_SET)  # commit() writes the header
+        except BaseException:
+            temp.discard()
+            raise
         return temp
 
     # ----------------------------------------------------------- maintenance
