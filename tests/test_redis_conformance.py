@@ -1,0 +1,84 @@
+"""RedisStorage keeps the storage contract with both drivers, on one server and a Cluster.
+
+One private server and one 3-master Cluster serve the whole module. Set
+``TRIO_SESSIONS_REDIS_EXAMPLES`` to raise the examples per property-based check.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from contextlib import AbstractAsyncContextManager
+from typing import Any, ClassVar
+
+import pytest
+
+from trio_sessions.storages.redis import RedisStorage, open_redis_storage
+from trio_sessions.testing import ManualClock, StorageConformance
+
+from .redis_servers import RedisServer, redis_cluster, redis_server, require_module
+
+EXAMPLES = int(os.environ.get("TRIO_SESSIONS_REDIS_EXAMPLES", "15"))
+# Generous: a loaded CI machine must not turn a slow reply into a failed check.
+CLIENT_OPTIONS: dict[str, dict[str, Any]] = {
+    "glide": {"request_timeout": 10_000},
+    "coredis": {},
+}
+
+
+@pytest.fixture(scope="module")
+def redis_single() -> Iterator[RedisServer]:
+    with redis_server() as server:
+        yield server
+
+
+@pytest.fixture(scope="module")
+def redis_cluster_nodes() -> Iterator[list[RedisServer]]:
+    with redis_cluster(3) as servers:
+        yield servers
+
+
+class _RedisConformance(StorageConformance):
+    clock_controlled = False
+    max_examples = EXAMPLES
+    driver: ClassVar[str]
+    cluster: ClassVar[bool]
+    url: str
+
+    @pytest.fixture(autouse=True)
+    def _server(self, request: pytest.FixtureRequest) -> None:
+        require_module("glide" if self.driver == "glide" else "coredis")
+        if self.cluster:
+            nodes: list[RedisServer] = request.getfixturevalue("redis_cluster_nodes")
+            self.url = nodes[0].url
+        else:
+            server: RedisServer = request.getfixturevalue("redis_single")
+            self.url = server.url
+
+    def open_storage(self, clock: ManualClock) -> AbstractAsyncContextManager[RedisStorage]:
+        return open_redis_storage(
+            self.url,
+            driver=self.driver,  # type: ignore[arg-type]
+            cluster=self.cluster,
+            **CLIENT_OPTIONS[self.driver],
+        )
+
+
+class TestGlideSingle(_RedisConformance):
+    driver = "glide"
+    cluster = False
+
+
+class TestCoredisSingle(_RedisConformance):
+    driver = "coredis"
+    cluster = False
+
+
+class TestGlideCluster(_RedisConformance):
+    driver = "glide"
+    cluster = True
+
+
+class TestCoredisCluster(_RedisConformance):
+    driver = "coredis"
+    cluster = True
