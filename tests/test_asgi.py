@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import ssl
+import subprocess
+import sys
 from collections.abc import AsyncIterator, Callable
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from typing import Any
 
-import httpx
+import httpx2 as httpx
 import trio
 from starlette.applications import Starlette
 from starlette.middleware import Middleware
@@ -23,7 +25,7 @@ NO_TLS = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
 COOKIE = CookieOptions(name="sid")
 
 
-async def count(request: Request) -> PlainTextResponse:
+async def count(request: Request) -> PlainTextResponse:  # noqa: ASYNC124 (a framework view)
     request.session["n"] = request.session.get("n", 0) + 1
     return PlainTextResponse(str(request.session["n"]), headers={"Vary": "Accept-Encoding"})
 
@@ -102,3 +104,23 @@ async def test_plain_asgi_app_without_any_framework() -> None:
     second = await call(cookie)
     assert second[1]["body"] == b"2"
     assert b"set-cookie" not in dict(second[0]["headers"])
+
+
+def test_core_and_asgi_import_without_web_frameworks() -> None:
+    """The core library and the ASGI middleware need only trio; Quart support says so."""
+    code = """
+import sys
+for name in ("quart", "quart_trio", "hypercorn", "starlette", "httpx", "httpx2", "werkzeug"):
+    sys.modules[name] = None  # makes any import of it fail
+import trio_sessions, trio_sessions.asgi
+try:
+    import trio_sessions.quart
+except ImportError as exc:
+    assert "trio-sessions[quart]" in str(exc), exc
+else:
+    raise AssertionError("trio_sessions.quart imported without Quart")
+"""
+    result = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=False
+    )
+    assert result.returncode == 0, result.stderr
