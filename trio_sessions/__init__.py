@@ -13,6 +13,11 @@ from ._errors import StorageError as StorageError
 from ._ids import SESSION_ID_PATTERN as SESSION_ID_PATTERN
 from ._ids import check_session_id as check_session_id
 from ._ids import new_session_id as new_session_id
+from ._sessions import CookieOptions as CookieOptions
+from ._sessions import JSONSerializer as JSONSerializer
+from ._sessions import Serializer as Serializer
+from ._sessions import Session as Session
+from ._sessions import SessionManager as SessionManager
 from .storages.bytes import BytesStorage as BytesStorage
 from .storages.directory import DirectoryPurgeResult as DirectoryPurgeResult
 from .storages.directory import DirectoryStorage as DirectoryStorage
@@ -27,13 +32,18 @@ __all__ = [
     "SESSION_ID_PATTERN",
     "BytesStorage",
     "Consumer",
+    "CookieOptions",
     "DirectoryPurgeResult",
     "DirectoryStorage",
     "DirectoryStorageStatistics",
     "InvalidSessionId",
+    "JSONSerializer",
     "MemoryStorage",
     "MemoryStorageStatistics",
     "Provider",
+    "Serializer",
+    "Session",
+    "SessionManager",
     "SessionNotFound",
     "SessionStorage",
     "SessionTooLarge",
