@@ -10,6 +10,7 @@ Without Chromium or Playwright these tests skip locally and fail under CI=true.
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import ssl
@@ -162,7 +163,12 @@ async def test_real_browser_uses_the_demo(tmp_path: Path) -> None:
     screenshot = Path(os.environ.get("TRIO_SESSIONS_SCREENSHOT", tmp_path / "demo.png"))
     with trio.fail_after(120):
         async with demo(tmp_path / "root") as url:
-            seen = await trio.to_thread.run_sync(browse, url, screenshot)
+            # Its own process: Playwright's sync API runs an asyncio loop, which must not
+            # meet the event loop policy other tests (trio-asyncio) may have installed.
+            result = await trio.run_process(
+                [sys.executable, __file__, url, str(screenshot)], capture_stdout=True
+            )
+            seen = json.loads(result.stdout)
             async with httpx.AsyncClient(base_url=url, verify=NO_TLS) as client:
                 before = seen["cookies_after_login"][0]["value"]
                 dead = await client.get("/state", headers={"Cookie": f"{COOKIE}={before}"})
@@ -195,3 +201,7 @@ async def test_real_browser_uses_the_demo(tmp_path: Path) -> None:
         assert cookie["expires"] == -1  # a browser-session cookie
     assert len({before_login["value"], after_login["value"], after_logout["value"]}) == 3
     assert seen["screenshot_bytes"] > 0
+
+
+if __name__ == "__main__":
+    print(json.dumps(browse(sys.argv[1], Path(sys.argv[2]))))
