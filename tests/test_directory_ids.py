@@ -119,11 +119,11 @@ def snapshot(path: Path) -> list[str]:
     return sorted(str(p) for p in path.rglob("*"))
 
 
-async def never_provider(stream: trio.abc.SendStream) -> None:
+async def never_provider(stream: trio.abc.SendStream) -> None:  # noqa: ASYNC124
     raise AssertionError("a provider was called for an invalid id")
 
 
-async def never_consumer(stream: trio.abc.ReceiveStream) -> None:
+async def never_consumer(stream: trio.abc.ReceiveStream) -> None:  # noqa: ASYNC124
     raise AssertionError("a consumer was called for an invalid id")
 
 
