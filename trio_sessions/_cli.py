@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import argparse
+import atexit
 import functools
 import importlib
 import os
+import shutil
 import sys
+import tempfile
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -36,9 +39,15 @@ def _load(target: str) -> Callable[..., Any]:
 
 
 def _builtin_targets() -> list[tuple[str, Callable[..., Any]]]:
+    from .storages.directory import DirectoryStorage
     from .storages.memory import MemoryStorage
 
-    return [("MemoryStorage", MemoryStorage)]
+    root = tempfile.mkdtemp(prefix="trio-sessions-check-")
+    atexit.register(shutil.rmtree, root, ignore_errors=True)
+    return [
+        ("MemoryStorage", MemoryStorage),
+        ("DirectoryStorage", functools.partial(DirectoryStorage, root)),
+    ]
 
 
 def _check(args: argparse.Namespace) -> int:
@@ -74,7 +83,47 @@ def _demo(args: argparse.Namespace) -> int:
     return demo_main(args.host, args.port, args.root)
 
 
+def _directory_storage(directory: str) -> Any:
+    from .storages.directory import DirectoryStorage
+
+    if not os.path.isdir(directory):
+        raise SystemExit(f"error: {directory!r} is not a directory")
+    return DirectoryStorage(directory)
+
+
+def _purge_directory(args: argparse.Namespace) -> int:
+    from ._errors import StorageError
+
+    storage = _directory_storage(args.directory)
+    try:
+        result = trio.run(functools.partial(storage.purge, temp_grace=args.temp_grace))
+    except StorageError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    print(
+        f"purged {result.expired} expired sessions, {result.corrupt} unreadable files and "
+        f"{result.temporary} stale temporary files from {args.directory}"
+    )
+    return 0
+
+
+def _stats(args: argparse.Namespace) -> int:
+    from ._errors import StorageError
+
+    try:
+        stats = trio.run(_directory_storage(args.directory).statistics)
+    except StorageError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    print(f"sessions: {stats.sessions}")
+    print(f"bytes: {stats.bytes}")
+    print(f"temporary files: {stats.temporary}")
+    return 0
+
+
 def _purge(args: argparse.Namespace) -> int:
+    if args.directory is not None:
+        return _purge_directory(args)
     from ._errors import StorageError
     from .storages.postgres import open_postgres_storage
 
@@ -140,11 +189,28 @@ def _parser() -> argparse.ArgumentParser:
         description="Delete expired sessions (reads already ignore them); run it from cron.",
     )
     target = purge.add_mutually_exclusive_group(required=True)
+    target.add_argument(
+        "directory", nargs="?", metavar="DIR", help="a DirectoryStorage root directory"
+    )
     target.add_argument("--postgres", metavar="DSN", help="a PostgresStorage database")
+    purge.add_argument(
+        "--temp-grace",
+        type=float,
+        default=3600.0,
+        metavar="SECONDS",
+        help="DIR: remove temporary files older than this (default: %(default)s)",
+    )
     purge.add_argument(
         "--table", default="trio_sessions", help="PostgresStorage table (default: %(default)s)"
     )
     purge.set_defaults(run=_purge)
+    stats = commands.add_parser(
+        "stats",
+        help="count the sessions in a DirectoryStorage root",
+        description="Count session files, payload bytes and temporary files (reads no payload).",
+    )
+    stats.add_argument("directory", metavar="DIR", help="a DirectoryStorage root directory")
+    stats.set_defaults(run=_stats)
     return parser
 
 

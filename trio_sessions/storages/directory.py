@@ -295,6 +295,12 @@ class DirectoryStorage(StorageBase):
     async def _run(self, fn: Callable[..., R], *args: Any) -> R:
         return await trio.to_thread.run_sync(fn, *args, limiter=self._limiter)
 
+    async def _maintain(self, action: str, fn: Callable[..., R], *args: Any) -> R:
+        try:
+            return await self._run(fn, *args)
+        except OSError as exc:
+            raise self._failure(action, exc) from exc
+
     def _check_open(self) -> None:
         if self._closed:
             raise trio.ClosedResourceError("DirectoryStorage is closed")
@@ -396,8 +402,9 @@ class DirectoryStorage(StorageBase):
         self._check_open()
         now, stale_before = self._clock(), time.time() - temp_grace
         counts = {"expired": 0, "corrupt": 0, "temporary": 0}
-        for top in await self._run(_fanout, self._root):
-            for kind, count in (await self._run(self._purge_top, top, now, stale_before)).items():
+        for top in await self._maintain("purge", _fanout, self._root):
+            found = await self._maintain("purge", self._purge_top, top, now, stale_before)
+            for kind, count in found.items():
                 counts[kind] += count
         return DirectoryPurgeResult(**counts)
 
@@ -443,8 +450,8 @@ class DirectoryStorage(StorageBase):
         """Count session files, payload bytes and temporary files (reads no payload)."""
         self._check_open()
         totals = [0, 0, 0]
-        for top in await self._run(_fanout, self._root):
-            for i, count in enumerate(await self._run(self._count_top, top)):
+        for top in await self._maintain("count", _fanout, self._root):
+            for i, count in enumerate(await self._maintain("count", self._count_top, top)):
                 totals[i] += count
         return DirectoryStorageStatistics(*totals)
 
