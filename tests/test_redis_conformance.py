@@ -13,7 +13,7 @@ from typing import Any, ClassVar
 
 import pytest
 
-from trio_sessions.storages.redis import RedisStorage, open_redis_storage
+from trio_sessions import RedisStorage, open_redis_storage
 from trio_sessions.testing import ManualClock, StorageConformance
 
 from .redis_servers import RedisServer, redis_cluster, redis_server, require_module

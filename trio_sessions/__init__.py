@@ -24,6 +24,8 @@ from .storages.directory import DirectoryStorage as DirectoryStorage
 from .storages.directory import DirectoryStorageStatistics as DirectoryStorageStatistics
 from .storages.memory import MemoryStorage as MemoryStorage
 from .storages.memory import MemoryStorageStatistics as MemoryStorageStatistics
+from .storages.redis import RedisStorage as RedisStorage
+from .storages.redis import open_redis_storage as open_redis_storage
 
 __version__ = "0.1.0.dev0"
 
@@ -41,6 +43,7 @@ __all__ = [
     "MemoryStorage",
     "MemoryStorageStatistics",
     "Provider",
+    "RedisStorage",
     "Serializer",
     "Session",
     "SessionManager",
@@ -50,4 +53,5 @@ __all__ = [
     "StorageError",
     "check_session_id",
     "new_session_id",
+    "open_redis_storage",
 ]

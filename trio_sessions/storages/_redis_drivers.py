@@ -12,11 +12,14 @@ import hashlib
 import sys
 import urllib.parse
 from collections.abc import AsyncIterator, Sequence
-from contextlib import asynccontextmanager
+from contextlib import AsyncExitStack, asynccontextmanager
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Literal, Protocol, final
 
 import trio
+
+from .._base import collapse_group
+from .._errors import StorageError
 
 if TYPE_CHECKING:
     import coredis
@@ -170,6 +173,10 @@ def _shielded_pool(base: type[Any]) -> type[Any]:
     return pool
 
 
+def _unreachable(host: str, port: int, exc: Exception) -> StorageError:
+    return StorageError(f"could not connect to {host}:{port}: {exc!r}")
+
+
 def _require(driver: DriverName) -> Any:
     module = "glide" if driver == "glide" else "coredis"
     try:
@@ -219,30 +226,47 @@ async def connect(
             settings["db"] = db
             settings["connection_pool_cls"] = _shielded_pool(coredis.pool.ConnectionPool)
             client = coredis.Redis(**{**settings, **options})
+        # The client runs its connections in a task group, which wraps whatever the
+        # body raises in an exception group: unwrap it when it is the only error.
+        error: BaseException | None = None
         try:
-            async with client:
-                yield client
-        finally:
-            # coredis's cluster layout never closes its error channel (a ResourceWarning
-            # at garbage collection); close it once the client is done with it.
-            layout = getattr(client.connection_pool, "cluster_layout", None)
-            for stream in getattr(layout, "_error_stream", ()):
-                stream.close()
-        return
+            async with AsyncExitStack() as stack:
+                try:
+                    await stack.enter_async_context(client)
+                except Exception as exc:
+                    raise _unreachable(host, port, exc) from exc
+                try:
+                    yield client
+                except BaseException as exc:
+                    error = exc
+                    raise
+        except BaseExceptionGroup as group:
+            if error is None or collapse_group(group) is not error:
+                raise
+        else:
+            return
+        raise error
     glide = _require(driver)
     if password is not None or username:
         credentials = glide.ServerCredentials(password=password or "", username=username)
         options.setdefault("credentials", credentials)
     options.setdefault("use_tls", scheme == "rediss")
+    # glide's own default backs off for seconds after a long outage; retry at least
+    # every 0.4 s so that sessions work again soon after the server is back.
+    options.setdefault("reconnect_strategy", glide.BackoffStrategy(4, 25, 2))
     addresses = [glide.NodeAddress(host, port)]
     if cluster:
         config = glide.GlideClusterClientConfiguration(addresses, **options)
-        client = await glide.GlideClusterClient.create(config)
+        create = glide.GlideClusterClient.create
     else:
         if db:
             options.setdefault("database_id", db)
         config = glide.GlideClientConfiguration(addresses, **options)
-        client = await glide.GlideClient.create(config)
+        create = glide.GlideClient.create
+    try:
+        client = await create(config)
+    except Exception as exc:
+        raise _unreachable(host, port, exc) from exc
     try:
         yield client
     finally:
