@@ -19,6 +19,9 @@ from ._sessions import Serializer as Serializer
 from ._sessions import Session as Session
 from ._sessions import SessionManager as SessionManager
 from .storages.bytes import BytesStorage as BytesStorage
+from .storages.cache import CacheStorage as CacheStorage
+from .storages.cache import CacheStorageStatistics as CacheStorageStatistics
+from .storages.cache import open_cache_storage as open_cache_storage
 from .storages.directory import DirectoryPurgeResult as DirectoryPurgeResult
 from .storages.directory import DirectoryStorage as DirectoryStorage
 from .storages.directory import DirectoryStorageStatistics as DirectoryStorageStatistics
@@ -33,6 +36,8 @@ __all__ = [
     "DEFAULT_MAX_SIZE",
     "SESSION_ID_PATTERN",
     "BytesStorage",
+    "CacheStorage",
+    "CacheStorageStatistics",
     "Consumer",
     "CookieOptions",
     "DirectoryPurgeResult",
@@ -53,5 +58,6 @@ __all__ = [
     "StorageError",
     "check_session_id",
     "new_session_id",
+    "open_cache_storage",
     "open_redis_storage",
 ]

@@ -1,0 +1,648 @@
+"""CacheStorage: conformance over real delegates, no stale reads, single flight, eviction."""
+
+from __future__ import annotations
+
+import itertools
+import math
+from collections.abc import AsyncIterator, Iterable
+from contextlib import asynccontextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pytest
+import trio
+import trio.testing
+from hypothesis import HealthCheck, Phase, given, settings
+from hypothesis import strategies as st
+
+from trio_sessions import (
+    BytesStorage,
+    CacheStorage,
+    CacheStorageStatistics,
+    DirectoryStorage,
+    MemoryStorage,
+    SessionNotFound,
+    SessionStorage,
+    StorageError,
+    open_cache_storage,
+)
+from trio_sessions.testing import ManualClock, StorageConformance
+
+# ----------------------------------------------------------------- conformance
+
+
+@asynccontextmanager
+async def cached(
+    delegate: SessionStorage, clock: ManualClock, **options: int
+) -> AsyncIterator[CacheStorage]:
+    async with delegate, open_cache_storage(delegate, clock=clock, **options) as cache:
+        yield cache
+
+
+class TestCacheOverMemoryConformance(StorageConformance):
+    def open_storage(self, clock: ManualClock) -> object:
+        return cached(MemoryStorage(clock=clock), clock)
+
+
+class TestSmallCacheOverMemoryConformance(StorageConformance):
+    """A cache so small and short-lived that eviction happens in every example."""
+
+    max_examples = 30
+
+    def open_storage(self, clock: ManualClock) -> object:
+        delegate = MemoryStorage(clock=clock)
+        return cached(delegate, clock, max_entries=2, max_bytes=3000, idle_timeout=3)
+
+
+class TestCacheOverDirectoryConformance(StorageConformance):
+    max_examples = 30
+
+    @pytest.fixture(autouse=True)
+    def _root(self, tmp_path: Path) -> None:
+        self.root = tmp_path
+
+    def open_storage(self, clock: ManualClock) -> object:
+        return cached(DirectoryStorage(self.root, fsync=False, clock=clock), clock)
+
+
+# ------------------------------------------------------- a delegate that takes time
+
+
+@dataclass(frozen=True)
+class Delay:
+    """How long one delegate call takes before and after its effect; whether it fails."""
+
+    before: float = 0.0
+    after: float = 0.0
+    fail: bool = False
+
+
+class SlowStorage(BytesStorage):
+    """A dict whose operations take the time the test says; loads may fail on demand."""
+
+    def __init__(self, delays: Iterable[Delay] = (Delay(),)) -> None:
+        super().__init__()
+        self.data: dict[str, tuple[bytes, float]] = {}
+        self.delays = itertools.cycle(list(delays))
+        self.loads = 0
+
+    async def load(self, session_id: str) -> bytes | None:
+        delay = next(self.delays)
+        await trio.sleep(delay.before)
+        self.loads += 1
+        if delay.fail:
+            raise OSError("transient failure")
+        entry = self.data.get(session_id)
+        await trio.sleep(delay.after)
+        if entry is None or entry[1] <= trio.current_time():
+            return None
+        return entry[0]
+
+    async def store(self, session_id: str, data: bytes, ttl: float | None) -> None:
+        delay = next(self.delays)
+        await trio.sleep(delay.before)
+        self.data[session_id] = (data, math.inf if ttl is None else trio.current_time() + ttl)
+        await trio.sleep(delay.after)
+
+    async def delete(self, session_id: str) -> None:
+        delay = next(self.delays)
+        await trio.sleep(delay.before)
+        self.data.pop(session_id, None)
+        await trio.sleep(delay.after)
+
+
+class KtorOrderedCache(CacheStorage):  # type: ignore[misc]
+    """Ktor's ordering, for the tests only: drop the entry, then write the delegate."""
+
+    async def _store(self, session_id: str, data: bytes, ttl: float | None) -> None:
+        self._discard(session_id)
+        await self.delegate.write_bytes(session_id, data, ttl=ttl)
+
+    async def _delete(self, session_id: str) -> None:
+        self._discard(session_id)
+        await self.delegate.invalidate(session_id)
+
+
+# ------------------------------------------------------------ the stale-read checker
+
+
+@dataclass
+class Event:
+    start: int  # position in the history when the call began ...
+    end: int  # ... and when it returned
+    value: bytes | None  # what a write left (None: invalidated) or what a read returned
+
+
+@dataclass
+class History:
+    """Calls on one id, ordered by a counter: mutations one at a time, reads concurrent."""
+
+    mutations: list[Event] = field(default_factory=list)
+    reads: list[Event] = field(default_factory=list)
+
+
+def find_stale_read(history: History) -> str | None:
+    """Return a description of the first read that no linearization explains, if any.
+
+    Writes and invalidations of one id never overlap each other, so they define states
+    0 (nothing), 1, 2, ... A read may return state j if mutation j began before the read
+    returned, and no later mutation had completed before the read began; a read that
+    began after another returned may not return an earlier state than that one.
+    """
+    states: list[bytes | None] = [None, *(m.value for m in history.mutations)]
+    placed: list[tuple[Event, int]] = []
+    for read in sorted(history.reads, key=lambda r: r.end):
+        oldest = sum(m.end < read.start for m in history.mutations)
+        newest = sum(m.start < read.end for m in history.mutations)
+        for earlier, index in placed:
+            if earlier.end < read.start:
+                oldest = max(oldest, index)
+        fitting = [j for j in range(oldest, newest + 1) if states[j] == read.value]
+        if not fitting:
+            return (
+                f"a read returned {read.value!r:.30}, but the value was one of "
+                f"{[s and s[:30] for s in states[oldest : newest + 1]]!r}"
+            )
+        placed.append((read, fitting[0]))
+    return None
+
+
+@dataclass(frozen=True)
+class Plan:
+    writes: list[list[tuple[float, str, bool]]]  # per id: (pause, kind, large)
+    reads: list[tuple[float, int, str, float | None]]  # (start, id, kind, cancel after)
+    delays: list[Delay]
+    max_entries: int
+    idle_timeout: float
+
+
+_SCALE = (0.0, 0.0, 0.25, 0.5, 1.0, 2.0, 4.0, 8.0)
+
+
+def plan_from_bytes(data: bytes) -> Plan:
+    """Decode a plan from bytes: one cheap draw per example, and zeros shrink to "simple"."""
+    numbers = iter(data)
+
+    def take(n: int) -> int:
+        return next(numbers, 0) % n
+
+    def time() -> float:
+        return take(9) / 4
+
+    config = take(256)
+    writes = [
+        [
+            (time(), ("write_bytes", "write", "invalidate")[take(3)], take(8) == 7)
+            for _ in range(take(6))
+        ]
+        for _ in range(1 + config % 2)
+    ]
+    reads = []
+    for _ in range(take(30)):
+        start, sid, kind, cancel = take(41) / 4, take(len(writes)), take(2), take(10)
+        reads.append((start, sid, ("read_bytes", "read")[kind], cancel / 4 if cancel else None))
+    # Delegate calls are mostly quick, a few very slow: latencies spread like real ones.
+    delays = [Delay(_SCALE[take(8)], _SCALE[take(8)], take(10) == 9) for _ in range(1 + take(8))]
+    return Plan(writes, reads, delays, 1 + config // 2 % 3, (0.5, 2.0, 60.0)[config // 6 % 3])
+
+
+_PLANS = st.binary(min_size=200, max_size=200).map(plan_from_bytes)
+
+
+def _value(writer: int, seq: int, large: bool) -> bytes:
+    tag = f"<{writer}:{seq}>".encode()
+    return tag * (70_000 // len(tag) + 1) if large else tag
+
+
+async def _read_all(stream: trio.abc.ReceiveStream) -> bytes:
+    parts = []
+    while chunk := await stream.receive_some():
+        parts.append(bytes(chunk))
+    return b"".join(parts)
+
+
+def run_plan(plan: Plan, cache_type: type[CacheStorage] = CacheStorage) -> str | None:
+    """Play *plan* against a cache over a `SlowStorage`; return a stale read, if any."""
+    ids = ["id-0", "id-1"]
+    histories = [History(), History()]
+    counter = itertools.count()
+
+    async def writer(n: int, ops: list[tuple[float, str, bool]]) -> None:
+        for seq, (pause, kind, large) in enumerate(ops):
+            await trio.sleep(pause)
+            value = None if kind == "invalidate" else _value(n, seq, large)
+            start = next(counter)
+            if value is None:
+                await cache.invalidate(ids[n])
+            elif kind == "write":
+
+                async def provider(stream: trio.abc.SendStream) -> None:
+                    await stream.send_all(value)  # noqa: B023
+
+                await cache.write(ids[n], provider)
+            else:
+                await cache.write_bytes(ids[n], value)
+            histories[n].mutations.append(Event(start, next(counter), value))
+
+    async def reader(start_at: float, n: int, kind: str, cancel: float | None) -> None:
+        await trio.sleep(start_at)
+        start = next(counter)
+        with trio.move_on_after(math.inf if cancel is None else cancel):
+            try:
+                if kind == "read":
+                    value: bytes | None = await cache.read(ids[n], _read_all)
+                else:
+                    value = await cache.read_bytes(ids[n])
+            except SessionNotFound:
+                value = None
+            except StorageError:
+                return  # an injected delegate failure
+            histories[n].reads.append(Event(start, next(counter), value))
+
+    async def main() -> None:
+        async with trio.open_nursery() as nursery:
+            await nursery.start(cache.run)
+            with trio.fail_after(1000):
+                async with trio.open_nursery() as actors:
+                    for n, ops in enumerate(plan.writes):
+                        actors.start_soon(writer, n, ops)
+                    for read in plan.reads:
+                        if read[1] < len(plan.writes):
+                            actors.start_soon(reader, *read)
+            await cache.aclose()
+
+    delegate = SlowStorage(plan.delays)
+    cache = cache_type(delegate, max_entries=plan.max_entries, idle_timeout=plan.idle_timeout)
+    trio.run(main, clock=trio.testing.MockClock(autojump_threshold=0))
+    for history in histories:
+        if problem := find_stale_read(history):
+            return problem
+    return None
+
+
+def test_no_stale_reads_in_1000_interleavings() -> None:
+    examples = 0
+
+    @settings(
+        max_examples=1000,
+        deadline=None,
+        database=None,
+        suppress_health_check=[HealthCheck.too_slow],
+    )
+    @given(_PLANS)
+    def check(plan: Plan) -> None:
+        nonlocal examples
+        examples += 1
+        assert run_plan(plan) is None
+
+    check()
+    assert examples >= 1000
+
+
+class StaleRead(AssertionError):
+    pass
+
+
+def test_the_checker_catches_ktor_ordering() -> None:
+    # Without shrinking: finding a failure is what counts here, and it takes a few dozen
+    # examples; shrinking one would take a minute.
+    @settings(max_examples=1000, deadline=None, database=None, phases=[Phase.generate])
+    @given(_PLANS)
+    def check(plan: Plan) -> None:
+        if problem := run_plan(plan, KtorOrderedCache):
+            raise StaleRead(problem)
+
+    with pytest.raises(StaleRead):
+        check()
+
+
+def test_ktor_ordering_serves_a_logged_out_session() -> None:
+    """The race by hand: a read between dropping the entry and the delegate's delete."""
+    plan = Plan(
+        writes=[[(0.0, "write_bytes", False), (1.0, "invalidate", False)]],
+        # The read starts while the delegate deletes; another reads afterwards.
+        reads=[(1.5, 0, "read_bytes", None), (10.0, 0, "read_bytes", None)],
+        delays=[Delay(), Delay(1.0, 1.0), Delay(0.0, 3.0)],
+        max_entries=10,
+        idle_timeout=60.0,
+    )
+    assert run_plan(plan) is None
+    problem = run_plan(plan, KtorOrderedCache)
+    assert problem is not None
+    assert "a read returned b'<0:0>'" in problem
+
+
+def test_a_read_that_saw_a_write_in_progress_is_not_followed_by_an_older_value() -> None:
+    plan = Plan(
+        # "<0:0>" is cached at 1 s; "<0:1>" reaches the delegate at 3 s, returns at 8 s.
+        writes=[[(1.0, "write_bytes", False), (1.0, "write_bytes", False)]],
+        # The first read misses and reads the delegate at 5 s: it returns "<0:1>" at 6 s.
+        reads=[(0.0, 0, "read_bytes", None), (7.0, 0, "read_bytes", None)],
+        delays=[Delay(5.0, 1.0), Delay(), Delay(1.0, 5.0), Delay()],
+        max_entries=10,
+        idle_timeout=60.0,
+    )
+    assert run_plan(plan) is None
+
+
+def test_checker_accepts_old_values_only_while_a_write_is_in_progress() -> None:
+    history = History(
+        mutations=[Event(0, 1, b"a"), Event(4, 7, b"b")],
+        reads=[Event(2, 3, b"a"), Event(5, 6, b"a"), Event(6, 9, b"b")],
+    )
+    assert find_stale_read(history) is None
+    history.reads.append(Event(8, 10, b"a"))  # began after "b" was written
+    assert find_stale_read(history) is not None
+    history.reads[-1] = Event(10, 11, None)  # nothing was ever invalidated
+    assert find_stale_read(history) is not None
+
+
+# ------------------------------------------------------------------ single flight
+
+
+@asynccontextmanager
+async def slow_cache(
+    *delays: Delay, **options: Any
+) -> AsyncIterator[tuple[CacheStorage, SlowStorage]]:
+    """A cache over a `SlowStorage`; use with ``autojump_clock`` when delays are set."""
+    delegate = SlowStorage(delays or (Delay(),))
+    with trio.fail_after(3600):
+        async with open_cache_storage(delegate, **options) as cache:
+            yield cache, delegate
+
+
+async def test_1000_concurrent_misses_make_one_delegate_read(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    async with slow_cache(Delay(before=1.0)) as (cache, delegate):
+        delegate.data["hot"] = (b"value", math.inf)
+        results = []
+
+        async def read() -> None:
+            results.append(await cache.read_bytes("hot"))
+
+        async with trio.open_nursery() as nursery:
+            for _ in range(1000):
+                nursery.start_soon(read)
+        assert results == [b"value"] * 1000
+        assert delegate.loads == 1
+        stats = cache.statistics()
+        assert (stats.misses, stats.loads, stats.hits) == (1000, 1, 0)
+        assert await cache.read_bytes("hot") == b"value"
+        assert delegate.loads == 1
+
+
+async def test_a_cancelled_reader_does_not_cancel_the_read_for_others(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    async with slow_cache(Delay(before=1.0)) as (cache, delegate):
+        delegate.data["s"] = (b"value", math.inf)
+        first = trio.CancelScope()
+        got = []
+
+        async def read(scope: trio.CancelScope) -> None:
+            with scope:
+                got.append(await cache.read_bytes("s"))
+
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(read, first)  # starts the delegate read
+            await trio.sleep(0.1)
+            nursery.start_soon(read, trio.CancelScope())  # joins it
+            await trio.sleep(0.1)
+            first.cancel()
+        assert got == [b"value"]
+        assert delegate.loads == 1
+        # With every reader cancelled, the read still completes and fills the cache.
+        delegate.data["t"] = (b"t", math.inf)
+        with trio.move_on_after(0.5):
+            await cache.read_bytes("t")
+        await trio.sleep(1)
+        assert await cache.read_bytes("t") == b"t"
+        assert delegate.loads == 2
+
+
+async def test_delegate_failures_reach_every_waiter_and_are_not_cached(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    async with slow_cache(Delay(before=1.0, fail=True), Delay()) as (cache, delegate):
+        delegate.data["s"] = (b"value", math.inf)
+        errors: list[BaseException] = []
+
+        async def read() -> None:
+            try:
+                await cache.read_bytes("s")
+            except StorageError as exc:
+                errors.append(exc)
+
+        async with trio.open_nursery() as nursery:
+            for _ in range(3):
+                nursery.start_soon(read)
+        assert len(errors) == 3
+        assert len({id(e) for e in errors}) == 3
+        causes = []
+        for error in errors:
+            cause: BaseException | None = error
+            while cause is not None and not isinstance(cause, OSError):
+                cause = cause.__cause__
+            causes.append(cause)
+        assert all(isinstance(c, OSError) for c in causes)
+        assert await cache.read_bytes("s") == b"value"
+        assert delegate.loads == 2
+
+
+async def test_overlapping_writes_leave_what_the_delegate_kept(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    # The first write lands first but returns last: the delegate keeps the second value.
+    async with slow_cache(Delay(1.0, 9.0), Delay(2.0, 1.0)) as (cache, delegate):
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(cache.write_bytes, "s", b"first")
+            await trio.sleep(0.5)
+            nursery.start_soon(cache.write_bytes, "s", b"second")
+        assert delegate.data["s"][0] == b"second"
+        assert await cache.read_bytes("s") == b"second"
+
+
+async def test_a_write_costs_no_delegate_read() -> None:
+    async with slow_cache() as (cache, delegate):
+        await cache.write_bytes("s", b"value")
+        assert await cache.read_bytes("s") == b"value"
+        assert await cache.read("s", _read_all) == b"value"
+        assert delegate.loads == 0
+        assert cache.statistics().hits == 2
+
+
+# ---------------------------------------------------------------- expiry, eviction
+
+
+async def test_idle_entries_are_evicted_and_reads_keep_them(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    async with slow_cache(idle_timeout=60) as (cache, delegate):
+        await cache.write_bytes("busy", b"b")
+        await cache.write_bytes("idle", b"i")
+        for _ in range(5):  # 250 s of reads, never 60 s apart
+            await trio.sleep(50)
+            assert await cache.read_bytes("busy") == b"b"
+        assert delegate.loads == 0
+        assert cache.statistics().entries == 1  # the eviction task removed "idle"
+        assert await cache.read_bytes("idle") == b"i"
+        assert delegate.loads == 1
+        await trio.sleep(61)
+        stats = cache.statistics()
+        assert (stats.entries, stats.bytes, stats.evictions) == (0, 0, 3)
+
+
+async def test_loaded_values_are_read_again_after_idle_timeout(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    async with slow_cache(idle_timeout=60) as (cache, delegate):
+        delegate.data["s"] = (b"old", math.inf)
+        assert await cache.read_bytes("s") == b"old"
+        delegate.data["s"] = (b"changed elsewhere", math.inf)
+        for _ in range(5):  # hot, but its ttl at the delegate is unknown
+            await trio.sleep(15)
+            await cache.read_bytes("s")
+        assert await cache.read_bytes("s") == b"changed elsewhere"
+
+
+async def test_ttl_of_a_write_bounds_the_cached_entry(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    async with MemoryStorage() as delegate, open_cache_storage(delegate) as cache:
+        await cache.write_bytes("s", b"value", ttl=10)
+        await trio.sleep(9)
+        assert await cache.read_bytes("s") == b"value"
+        await trio.sleep(1)
+        with pytest.raises(SessionNotFound):
+            await cache.read_bytes("s")
+
+
+async def test_least_recently_used_go_beyond_max_entries() -> None:
+    async with slow_cache(max_entries=3) as (cache, delegate):
+        for name in "abc":
+            await cache.write_bytes(name, name.encode())
+        await cache.read_bytes("a")  # now "b" is the least recently used
+        await cache.write_bytes("d", b"d")
+        for name in "acd":
+            assert await cache.read_bytes(name) == name.encode()
+        assert delegate.loads == 0
+        assert await cache.read_bytes("b") == b"b"
+        assert delegate.loads == 1
+        assert cache.statistics().entries == 3
+
+
+async def test_least_recently_used_go_beyond_max_bytes() -> None:
+    async with slow_cache(max_bytes=100) as (cache, delegate):
+        await cache.write_bytes("a", b"a" * 40)
+        await cache.write_bytes("b", b"b" * 40)
+        await cache.write_bytes("c", b"c" * 40)
+        assert cache.statistics().bytes == 80
+        await cache.read_bytes("b")
+        await cache.read_bytes("c")
+        assert delegate.loads == 0
+        await cache.read_bytes("a")
+        assert delegate.loads == 1
+        await cache.write_bytes("huge", b"h" * 101)  # larger than the whole cache
+        assert cache.statistics().bytes == 80
+        before = delegate.loads
+        assert await cache.read_bytes("huge") == b"h" * 101
+        after_one = delegate.loads
+        assert await cache.read_bytes("huge") == b"h" * 101
+        assert delegate.loads > after_one > before
+
+
+async def test_large_values_stream_through_uncached() -> None:
+    async with slow_cache() as (cache, delegate):
+        value = bytes(range(256)) * 1000
+
+        async def provider(stream: trio.abc.SendStream) -> None:
+            for start in range(0, len(value), 10_000):
+                await stream.send_all(value[start : start + 10_000])
+
+        await cache.write("big", provider)
+        assert delegate.data["big"][0] == value
+        assert await cache.read("big", _read_all) == value
+        assert await cache.read_bytes("big") == value
+        assert cache.statistics().bytes == 0
+
+
+# ----------------------------------------------------------------- lifecycle
+
+
+async def test_closing_the_cache_leaves_the_delegate_open() -> None:
+    async with MemoryStorage() as delegate:
+        async with open_cache_storage(delegate) as cache:
+            await cache.write_bytes("s", b"value")
+        with pytest.raises(trio.ClosedResourceError):
+            await cache.read_bytes("s")
+        assert await delegate.read_bytes("s") == b"value"
+
+
+async def test_errors_in_the_block_propagate_as_themselves() -> None:
+    class Oops(Exception):
+        pass
+
+    with pytest.raises(Oops):
+        async with MemoryStorage() as delegate, open_cache_storage(delegate):
+            raise Oops
+
+
+async def test_runs_in_the_callers_nursery() -> None:
+    async with MemoryStorage() as delegate:
+        cache = CacheStorage(delegate)
+        with pytest.raises(RuntimeError, match="not running"):
+            await cache.read_bytes("s")
+        async with trio.open_nursery() as nursery:
+            await nursery.start(cache.run)
+            await cache.write_bytes("s", b"value")
+            assert await cache.read_bytes("s") == b"value"
+            with pytest.raises(RuntimeError, match="already"):
+                await nursery.start(cache.run)
+            await cache.aclose()  # ends run(): the nursery can exit
+        assert await delegate.read_bytes("s") == b"value"
+
+
+async def test_cancelling_run_closes_the_cache() -> None:
+    async with MemoryStorage() as delegate:
+        cache = CacheStorage(delegate)
+        async with trio.open_nursery() as nursery:
+            await nursery.start(cache.run)
+            await cache.write_bytes("s", b"value")
+            nursery.cancel_scope.cancel()
+        with pytest.raises(trio.ClosedResourceError):
+            await cache.read_bytes("s")
+
+
+async def test_a_read_in_flight_when_the_cache_closes_fails(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    async with slow_cache(Delay(before=10)) as (cache, _):
+
+        async def close_soon() -> None:
+            await trio.sleep(1)
+            await cache.aclose()
+
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(close_soon)
+            with pytest.raises(StorageError) as info:
+                await cache.read_bytes("s")
+        assert isinstance(info.value.__cause__, trio.ClosedResourceError)
+
+
+def test_arguments_are_checked() -> None:
+    delegate = MemoryStorage()
+    with pytest.raises(TypeError):
+        CacheStorage(object())  # type: ignore[arg-type]
+    for bad in ({"idle_timeout": 0}, {"idle_timeout": math.inf}, {"max_entries": 0}):
+        with pytest.raises(ValueError, match=next(iter(bad))):
+            CacheStorage(delegate, **bad)
+    assert CacheStorage(delegate).max_size == delegate.max_size
+
+
+def test_statistics_are_frozen() -> None:
+    stats = CacheStorage(MemoryStorage()).statistics()
+    assert stats == CacheStorageStatistics(0, 0, 0, 0, 0, 0)
+    with pytest.raises(AttributeError):
+        stats.hits = 1  # type: ignore[misc]
