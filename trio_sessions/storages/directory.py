@@ -328,7 +328,7 @@ class DirectoryStorage(StorageBase):
         assert rest is None
         return first
 
-    def _open_file(self, path: str, now: float, chunk: int) -> tuple[bytes | None, _Reader | None]:
+    def _open_file(self, path: str, now: float, chunk: int) -> tuple[bytes | None, _Source | None]:
         """Read the whole payload (``chunk == 0``), or its first *chunk* bytes."""
         fd = _open_session(path)
         if fd is None:
@@ -341,11 +341,14 @@ class DirectoryStorage(StorageBase):
             expires_at, length, crc = header
             if expires_at <= now:
                 return None, None
-            first = _read_exact(fd, length if chunk == 0 else min(length, chunk)) or b""
+            first = _read_exact(fd, length if chunk == 0 else min(length, chunk))
+            if first is None:  # shorter than its header said a moment ago
+                _unreadable(path)
+                return None, None
             if len(first) < length:
-                reader = _Reader(fd, length - len(first), zlib.crc32(first), crc, path)
-                fd = -1  # the reader owns it now: it keeps this version of the file open
-                return first, reader
+                source = _Source(self, fd, length - len(first), zlib.crc32(first), crc, path)
+                fd = -1  # the source owns it now: it keeps this version of the file open
+                return first, source
             if zlib.crc32(first) != crc:
                 _unreadable(path)
                 return None, None
@@ -369,10 +372,10 @@ class DirectoryStorage(StorageBase):
 
     async def _open_source(self, session_id: str) -> tuple[bytes, _Source | None]:
         path = self._path(session_id)[1]
-        first, reader = await self._run(self._open_file, path, self._clock(), _CHUNK)
+        first, source = await self._run(self._open_file, path, self._clock(), _CHUNK)
         if first is None:
             raise SessionNotFound()
-        return first, None if reader is None else _Source(self, reader)
+        return first, source
 
     async def _open_sink(self, session_id: str, ttl: float | None) -> _Sink:
         directory, path = self._path(session_id)
@@ -437,8 +440,13 @@ class DirectoryStorage(StorageBase):
         except FileNotFoundError:
             return False
         if _judge(grave, now) is None:  # a fresh value arrived: put it back
-            with suppress(FileExistsError):  # ... unless an even newer one did
+            try:
                 os.link(grave, path)
+            except FileExistsError:
+                pass  # ... unless an even newer one did: that one wins
+            except OSError:
+                os.rename(grave, path)  # a file system without hard links
+                return False
             os.unlink(grave)
             return False
         os.unlink(grave)
@@ -466,51 +474,45 @@ class DirectoryStorage(StorageBase):
                         follow_symlinks=False
                     ):
                         with suppress(FileNotFoundError):
-                            sessions += 1
                             size += max(0, entry.stat(follow_symlinks=False).st_size - _HEADER.size)
+                            sessions += 1
         return sessions, size, temporary
 
 
 @final
-class _Reader:
-    """The open file of a streaming read (blocking methods)."""
+class _Source:
+    """`ChunkSource` of a streaming read: the open file, read one chunk per thread hop."""
 
-    def __init__(self, fd: int, remaining: int, crc: int, expected: int, path: str) -> None:
-        self.fd, self.remaining, self.path = fd, remaining, path
-        self.crc, self.expected = crc, expected
+    def __init__(
+        self, storage: DirectoryStorage, fd: int, remaining: int, crc: int, expected: int, path: str
+    ) -> None:
+        self._storage, self._fd, self._remaining, self._path = storage, fd, remaining, path
+        self._crc, self._expected = crc, expected
 
-    def read(self) -> bytes:
-        chunk = os.read(self.fd, min(self.remaining, _CHUNK))
-        self.remaining -= len(chunk)
-        self.crc = zlib.crc32(chunk, self.crc)
-        if not chunk or self.remaining == 0:
-            self.close()
-            if self.remaining or self.crc != self.expected:
-                _unreadable(self.path)
+    async def read(self) -> bytes:
+        if self._fd < 0:
+            return b""  # noqa: ASYNC910 (the base class checkpoints)
+        return await self._storage._run(self._read)
+
+    async def aclose(self) -> None:  # noqa: ASYNC910 (the base class checkpoints)
+        if self._fd >= 0:
+            await self._storage._run(self._close)
+
+    def _read(self) -> bytes:
+        chunk = os.read(self._fd, min(self._remaining, _CHUNK))
+        self._remaining -= len(chunk)
+        self._crc = zlib.crc32(chunk, self._crc)
+        if not chunk or self._remaining == 0:
+            self._close()
+            if self._remaining or self._crc != self._expected:
+                _unreadable(self._path)
                 raise StorageError("the session file is corrupted")
         return chunk
 
-    def close(self) -> None:
-        fd, self.fd = self.fd, -1
+    def _close(self) -> None:
+        fd, self._fd = self._fd, -1
         if fd >= 0:
             os.close(fd)
-
-
-@final
-class _Source:
-    """`ChunkSource` of a streaming read."""
-
-    def __init__(self, storage: DirectoryStorage, reader: _Reader) -> None:
-        self._storage, self._reader = storage, reader
-
-    async def read(self) -> bytes:
-        if self._reader.fd < 0:
-            return b""  # noqa: ASYNC910 (the base class checkpoints)
-        return await self._storage._run(self._reader.read)
-
-    async def aclose(self) -> None:  # noqa: ASYNC910 (the base class checkpoints)
-        if self._reader.fd >= 0:
-            await self._storage._run(self._reader.close)
 
 
 @final
