@@ -27,6 +27,8 @@ from .storages.directory import DirectoryStorage as DirectoryStorage
 from .storages.directory import DirectoryStorageStatistics as DirectoryStorageStatistics
 from .storages.memory import MemoryStorage as MemoryStorage
 from .storages.memory import MemoryStorageStatistics as MemoryStorageStatistics
+from .storages.postgres import PostgresStorage as PostgresStorage
+from .storages.postgres import open_postgres_storage as open_postgres_storage
 from .storages.redis import RedisStorage as RedisStorage
 from .storages.redis import open_redis_storage as open_redis_storage
 
@@ -47,6 +49,7 @@ __all__ = [
     "JSONSerializer",
     "MemoryStorage",
     "MemoryStorageStatistics",
+    "PostgresStorage",
     "Provider",
     "RedisStorage",
     "Serializer",
@@ -59,5 +62,6 @@ __all__ = [
     "check_session_id",
     "new_session_id",
     "open_cache_storage",
+    "open_postgres_storage",
     "open_redis_storage",
 ]
