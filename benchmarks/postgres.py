@@ -5,7 +5,8 @@ sequentially and by 64 concurrent tasks, with ratios to baselines measured in th
 run on the same server:
 
 * ``asyncpg native``: the same two SQL statements through an asyncpg pool of the same
-  size on a plain asyncio loop (``asyncio.run``): what the bridge adds is the difference;
+  size on a plain asyncio loop (``asyncio.run`` in a child process that never imports
+  trio-asyncio): what the bridge adds is the difference;
 * ``asyncpg on trio-asyncio``: the same, but on trio-asyncio's loop inside ``trio.run``,
   with one crossing for the whole run: the part of the overhead that is the loop itself;
 * ``DirectoryStorage`` and ``RedisStorage`` (when importable, with a private server)
@@ -28,6 +29,7 @@ import asyncio
 import contextlib
 import importlib
 import statistics
+import subprocess
 import sys
 import tempfile
 import time
@@ -37,7 +39,6 @@ from typing import Any
 
 import asyncpg
 import trio
-import trio_asyncio
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
@@ -111,6 +112,8 @@ async def asyncpg_pairs(dsn: str, pairs: int, tasks: int) -> float:
 
 
 async def asyncpg_on_trio_asyncio(dsn: str, pairs: int, tasks: int) -> float:
+    import trio_asyncio
+
     async with trio_asyncio.open_loop() as loop:
         seconds: float = await loop.run_aio_coroutine(asyncpg_pairs(dsn, pairs, tasks))
         return seconds
@@ -138,6 +141,8 @@ async def asyncio_tasks(n: int) -> float:
 
 
 async def crossings(n: int) -> float:
+    import trio_asyncio
+
     async with trio_asyncio.open_loop() as loop:
         start = time.perf_counter()
         for _ in range(n):
@@ -181,7 +186,31 @@ def run_trio(fn: Callable[..., Awaitable[float]], *args: Any) -> float:
     return trio.run(fn, *args)
 
 
+def run_native(*args: object) -> float:
+    """Seconds measured on plain asyncio, in a process that never imports trio-asyncio.
+
+    Once imported, trio-asyncio patches asyncio process-wide (``asyncio.run`` would get
+    one of its loops), so the baseline cannot run in this process.
+    """
+    command = [sys.executable, __file__, "--native", *map(str, args)]
+    done = subprocess.run(command, capture_output=True, text=True, check=True, timeout=600)
+    return float(done.stdout.strip().splitlines()[-1])
+
+
+def native_main(kind: str, *args: str) -> None:
+    if kind == "asyncpg":
+        seconds = asyncio.run(asyncpg_pairs(args[0], int(args[1]), int(args[2])))
+    else:
+        seconds = asyncio.run(asyncio_tasks(int(args[0])))
+    if "trio_asyncio" in sys.modules:
+        raise AssertionError("the native baseline must run without trio-asyncio")
+    print(seconds)
+
+
 def main() -> None:
+    if sys.argv[1:2] == ["--native"]:
+        native_main(*sys.argv[2:])
+        return
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--pairs", type=int, default=2048, help="pairs per measurement")
     parser.add_argument("--repeats", type=int, default=3)
@@ -204,7 +233,7 @@ def main() -> None:
             return open_asyncio_storage(AsyncioDict())
 
         cases: dict[str, Callable[[int, int], float]] = {
-            "asyncpg native (asyncio)": lambda p, t: asyncio.run(asyncpg_pairs(dsn, p, t)),
+            "asyncpg native (asyncio)": lambda p, t: run_native("asyncpg", dsn, p, t),
             "asyncpg on trio-asyncio": lambda p, t: run_trio(asyncpg_on_trio_asyncio, dsn, p, t),
             "PostgresStorage": lambda p, t: run_trio(storage_pairs, postgres, p, t),
             "DirectoryStorage": lambda p, t: run_trio(storage_pairs, files, p, t),
@@ -238,7 +267,7 @@ def main() -> None:
         }
         for _ in range(args.repeats):
             cross["trio checkpoint"].append(run_trio(trio_checkpoints, n) / n * 1e6)
-            cross["asyncio task round trip"].append(asyncio.run(asyncio_tasks(n)) / n * 1e6)
+            cross["asyncio task round trip"].append(run_native("tasks", n) / n * 1e6)
             cross["trio->asyncio crossing"].append(run_trio(crossings, n) / n * 1e6)
 
     print(
