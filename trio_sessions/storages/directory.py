@@ -242,15 +242,14 @@ class _TempFile:
 class DirectoryStorage(StorageBase):
     """Sessions as files under *root*: crash-safe, streaming, safe for several processes.
 
-    Args:
-      root: the directory (created with the first write); give each application its own.
-      fsync: flush each write (and invalidation) to disk before returning. Without it, a
-        crash of the machine (not of the process) may lose recent writes, never tear one.
-      max_size: the largest payload accepted, in bytes.
-      clock: returns wall-clock seconds (default `time.time`); expiry times are stored in
-        the files, so they survive restarts and are shared by every process on *root*.
-      limiter: bounds the worker threads doing this storage's file work (default: a new
-        `trio.CapacityLimiter` of 8); pass one to share a bound between storages.
+    * *root*: the directory (created with the first write); give each application its own.
+    * *fsync*: flush each write (and invalidation) to disk before returning. Without it, a
+      crash of the machine (not of the process) may lose recent writes, never tear one.
+    * *max_size*: the largest payload accepted, in bytes.
+    * *clock*: returns wall-clock seconds (default `time.time`); expiry times are stored
+      in the files, so they survive restarts and are shared by every process on *root*.
+    * *limiter*: bounds the worker threads doing this storage's file work (default: a
+      new `trio.CapacityLimiter` of 8); pass one to share a bound between storages.
 
     Reads never create, change or remove anything: expired and unreadable files stay
     until `purge` (run it periodically, e.g. ``trio-sessions purge ROOT`` from cron).
