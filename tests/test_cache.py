@@ -568,6 +568,60 @@ async def test_large_values_stream_through_uncached() -> None:
         assert cache.statistics().bytes == 0
 
 
+class BrokenStorage(SlowStorage):
+    """Fails the loads and stores it is told to (counted from 1)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.stores = 0
+        self.failing_loads: set[int] = set()
+        self.failing_stores: set[int] = set()
+
+    async def load(self, session_id: str) -> bytes | None:
+        if self.loads + 1 in self.failing_loads:
+            self.loads += 1
+            raise OSError("disk gone")
+        return await super().load(session_id)
+
+    async def store(self, session_id: str, data: bytes, ttl: float | None) -> None:
+        self.stores += 1
+        if self.stores in self.failing_stores:
+            raise OSError("disk full")
+        await super().store(session_id, data, ttl)
+
+
+def _caused_by_os_error(error: BaseException) -> bool:
+    cause: BaseException | None = error
+    while cause is not None and not isinstance(cause, OSError):
+        cause = cause.__cause__
+    return cause is not None
+
+
+async def test_failures_while_streaming_large_values() -> None:
+    delegate = BrokenStorage()
+    big = b"b" * 100_000
+
+    async def provider(stream: trio.abc.SendStream) -> None:
+        for start in range(0, len(big), 30_000):
+            await stream.send_all(big[start : start + 30_000])
+
+    with trio.fail_after(10):
+        async with open_cache_storage(delegate) as cache:
+            await cache.write_bytes("s", b"small")
+            delegate.failing_stores = {2}
+            with pytest.raises(StorageError) as info:
+                await cache.write("s", provider)
+            assert _caused_by_os_error(info.value)
+            assert await cache.read_bytes("s") == b"small"
+            await cache.write("s", provider)
+            # The first load finds the value too large to cache; the second streams it.
+            delegate.failing_loads = {delegate.loads + 2}
+            with pytest.raises(StorageError) as info:
+                await cache.read("s", _read_all)
+            assert _caused_by_os_error(info.value)
+            assert await cache.read("s", _read_all) == big
+
+
 # ----------------------------------------------------------------- lifecycle
 
 
@@ -587,6 +641,18 @@ async def test_errors_in_the_block_propagate_as_themselves() -> None:
     with pytest.raises(Oops):
         async with MemoryStorage() as delegate, open_cache_storage(delegate):
             raise Oops
+
+
+async def test_an_outer_cancellation_ends_the_block(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    async with MemoryStorage() as delegate:
+        with trio.move_on_after(5) as scope:
+            async with open_cache_storage(delegate) as cache:
+                await trio.sleep_forever()
+        assert scope.cancelled_caught
+        with pytest.raises(trio.ClosedResourceError):
+            await cache.read_bytes("s")
 
 
 async def test_runs_in_the_callers_nursery() -> None:

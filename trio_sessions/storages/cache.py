@@ -99,14 +99,14 @@ class CacheStorage(StorageBase):
     cancelling `run`) does not close the delegate: it belongs to the caller. Operations
     in progress when the cache closes raise `StorageError` (from `trio.ClosedResourceError`).
 
-    Args:
-      delegate: the storage that holds the sessions; ``max_size`` is taken from it.
-      idle_timeout: seconds after which an unused entry is evicted; also the longest a
-        value loaded from the delegate is served before it is read again.
-      max_entries: the most entries kept.
-      max_bytes: the most payload bytes kept.
-      clock: returns the current time in seconds, advancing like trio's clock; defaults
-        to `trio.current_time`. Give it the delegate's clock.
+    :param delegate: the storage that holds the sessions; ``max_size`` is taken from it.
+    :param idle_timeout: seconds after which an unused entry is evicted; also the longest
+        a value loaded from the delegate is served before it is read again.
+    :param max_entries: the most entries kept.
+    :param max_bytes: the most payload bytes kept.
+    :param clock: returns the current time in seconds, advancing like trio's clock
+        (default `trio.current_time`). A test that gives the delegate a clock gives the
+        cache the same one.
 
     The cache is coherent for what goes through it. Changes made to the delegate by
     others (another process, or code using the delegate directly) are seen when the
@@ -158,6 +158,7 @@ class CacheStorage(StorageBase):
         return self._delegate
 
     def statistics(self) -> CacheStorageStatistics:
+        """Counters since the cache was made, and what it holds now."""
         return CacheStorageStatistics(
             hits=self._hits,
             misses=self._misses,
@@ -355,12 +356,12 @@ class CacheStorage(StorageBase):
             self._overlapped.discard(session_id)
         self._flights.pop(session_id, None)
         self._discard(session_id)
-        if data is not None and not overlapped and not self._closed:
+        if data is not None and not overlapped:
             self._install(session_id, data, expires_at)
 
     def _install(self, session_id: str, data: bytes, expires_at: float) -> None:
         now = self._clock()
-        if len(data) > self._entry_limit or expires_at <= now:
+        if len(data) > self._entry_limit or expires_at <= now or self._closed:
             return
         self._discard(session_id)
         self._entries[session_id] = _Entry(data, expires_at, now)
@@ -426,9 +427,10 @@ class _Pump:
         try:
             return await self._receive.receive()
         except trio.EndOfChannel:
-            if self._error is not None:
-                raise self._error from None
-            return b""  # noqa: ASYNC910 (the base class checkpoints)
+            pass
+        if self._error is not None:
+            raise self._error  # as it is: it may be the delegate's StorageError
+        return b""  # noqa: ASYNC910 (the base class checkpoints)
 
     def close(self) -> None:
         self._scope.cancel()
@@ -480,7 +482,10 @@ class _Sink:
         try:
             await self._send.send(chunk)
         except trio.BrokenResourceError:
-            raise await self._failed() from None
+            pass  # the delegate's write ended early
+        else:
+            return
+        raise await self._failed()
 
     async def commit(self) -> None:
         self._send.close()
