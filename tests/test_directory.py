@@ -99,8 +99,8 @@ async def test_files_are_private(storage: DirectoryStorage) -> None:
     with trio.fail_after(10):
         await storage.write_bytes("private", SMALL)
     path = session_file(Path(storage.root))
-    assert stat.S_IMODE(path.stat().st_mode) & 0o077 == 0
-    assert stat.S_IMODE(path.parent.stat().st_mode) & 0o077 == 0
+    for item in (path, path.parent, path.parent.parent, Path(storage.root)):
+        assert stat.S_IMODE(item.stat().st_mode) & 0o077 == 0, item
 
 
 async def test_reads_of_unknown_ids_create_nothing(storage: DirectoryStorage) -> None:

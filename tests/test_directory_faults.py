@@ -24,7 +24,7 @@ from trio_sessions.storages import directory as directory_module
 
 FILE_FUNCTIONS = frozenset(
     {"open", "close", "read", "write", "fstat", "fsync", "lseek", "replace", "rename"}
-    | {"link", "unlink", "makedirs", "scandir", "stat"}
+    | {"link", "unlink", "makedirs", "mkdir", "scandir", "stat"}
 )
 WRITE = frozenset(["open", "write", "fsync", "close", "replace"])
 READ = frozenset(["open", "fstat", "read", "close"])

@@ -184,6 +184,19 @@ def _fanout(path: str) -> list[str]:
         return []
 
 
+def _make_directories(directory: str, durable: bool) -> None:
+    """Create the root and the two fan-out levels, private; other writers may race us."""
+    top = os.path.dirname(directory)
+    root = os.path.dirname(top)
+    os.makedirs(root, 0o700, exist_ok=True)
+    for path in (top, directory):
+        with suppress(FileExistsError):
+            os.mkdir(path, 0o700)
+    if durable:
+        _sync_directory(root)
+        _sync_directory(top)
+
+
 class _TempFile:
     """A temporary file beside *target* that becomes *target* on `commit`."""
 
@@ -196,10 +209,7 @@ class _TempFile:
         try:
             self.fd = os.open(path, _CREATE, 0o600)
         except FileNotFoundError:
-            os.makedirs(directory, 0o700, exist_ok=True)  # races with other writers: fine
-            if durable:
-                _sync_directory(os.path.dirname(directory))
-                _sync_directory(os.path.dirname(os.path.dirname(directory)))
+            _make_directories(directory, durable)
             self.fd = os.open(path, _CREATE, 0o600)
         self.path: str | None = path
 
