@@ -95,12 +95,12 @@ def _unexpected(reply: object) -> StorageError:
 class RedisStorage(StorageBase):
     """Sessions in Redis or Valkey (single server or Cluster).
 
-    Args:
-      client: a connected client, owned by the caller: a valkey-glide ``GlideClient`` or
-        ``GlideClusterClient``, or a coredis ``Redis`` or ``RedisCluster`` (with
-        ``decode_responses=False``, inside its ``async with``). `aclose` does not close it.
-      prefix: starts every key this storage uses.
-      max_size: the largest payload accepted, in bytes.
+    :param client: a connected client, owned by the caller: a valkey-glide
+        ``GlideClient`` or ``GlideClusterClient``, or a coredis ``Redis`` or
+        ``RedisCluster`` (with ``decode_responses=False``, inside its ``async with``).
+        `aclose` does not close it.
+    :param prefix: starts every key this storage uses.
+    :param max_size: the largest payload accepted, in bytes.
 
     The client's own settings decide timeouts, retries, TLS and authentication. A lost
     connection, a timeout or an error reply (``LOADING``, ``READONLY``, ...) raises
@@ -268,17 +268,19 @@ async def open_redis_storage(
 ) -> AsyncIterator[RedisStorage]:
     """Connect to *url* with the chosen client, yield a `RedisStorage`, close both.
 
-    Args:
-      url: ``redis://[[user]:password@]host[:port][/db]``; ``rediss://`` for TLS
+    :param url: ``redis://[[user]:password@]host[:port][/db]``; ``rediss://`` for TLS
         (``valkey://`` and ``valkeys://`` too). With *cluster*, any one node.
-      driver: ``"glide"`` (valkey-glide, the ``redis-glide`` extra) or ``"coredis"``
-        (the ``redis-coredis`` extra). There is no default and no fallback.
-      cluster: connect to a Redis Cluster.
-      client_options: passed to the client: for glide, keyword arguments of
+    :param driver: ``"glide"`` (valkey-glide, the ``redis-glide`` extra) or
+        ``"coredis"`` (the ``redis-coredis`` extra). There is no default and no fallback.
+    :param cluster: connect to a Redis Cluster.
+    :param prefix: starts every key the storage uses.
+    :param max_size: the largest payload accepted, in bytes.
+    :param client_options: passed to the client: for glide, keyword arguments of
         ``GlideClientConfiguration`` / ``GlideClusterClientConfiguration`` (for example
         ``request_timeout``, ``reconnect_strategy``, ``credentials``,
         ``advanced_config``); for coredis, of ``Redis`` / ``RedisCluster`` (for example
         ``stream_timeout``, ``ssl_context``, ``max_connections``).
+    :raises StorageError: if glide cannot connect (coredis connects on first use).
     """
     async with connect(url, driver=driver, cluster=cluster, options=dict(client_options)) as client:
         storage = RedisStorage(client, prefix=prefix, max_size=max_size)
