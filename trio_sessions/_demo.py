@@ -65,9 +65,10 @@ def create_app(
     **options: Any,
 ) -> Any:
     """Build the demo's QuartTrio application (returned as ``Any``: Quart is optional)."""
-    from quart import redirect, request, session
+    from quart import redirect, request
     from quart_trio import QuartTrio
 
+    from .quart import current_session as current
     from .quart import init_app
 
     app = QuartTrio("trio_sessions.demo")
@@ -76,11 +77,6 @@ def create_app(
     options.setdefault("cookie", DEMO_COOKIE)
     interface = init_app(app, storage, secret_key=secret_key, clock=clock, **options)
     manager = interface.manager
-
-    def current() -> Session:
-        value = session._get_current_object()  # type: ignore[attr-defined]
-        assert isinstance(value, Session)
-        return value
 
     @app.get("/")
     async def index() -> str:

@@ -28,6 +28,7 @@ import trio
 
 try:
     from quart import Response
+    from quart import session as _current_session
     from quart.globals import request_ctx, websocket_ctx
     from quart.sessions import NullSession, SessionInterface
     from quart_trio import QuartTrio
@@ -45,7 +46,7 @@ if TYPE_CHECKING:
     from quart.wrappers import BaseRequestWebsocket
     from werkzeug.wrappers import Response as WerkzeugResponse
 
-__all__ = ["TrioSessionInterface", "init_app"]
+__all__ = ["TrioSessionInterface", "current_session", "init_app"]
 
 logger = logging.getLogger("trio_sessions")
 
@@ -137,6 +138,18 @@ class TrioSessionInterface(SessionInterface):
     async def _reject_websocket(self) -> Response | None:
         await trio.lowlevel.checkpoint()
         return _unavailable() if isinstance(websocket_ctx.session, _UnavailableSession) else None
+
+
+def current_session() -> Session:
+    """The current request's (or websocket's) session, typed as a `trio_sessions.Session`.
+
+    ``quart.session`` is the same object, typed as Flask's ``SessionMixin``; use this
+    to reach `Session.regenerate` and `Session.invalidate` without a cast.
+    """
+    value = _current_session._get_current_object()  # type: ignore[attr-defined]
+    if not isinstance(value, Session):
+        raise RuntimeError("no trio_sessions session: call init_app(app, storage) first")
+    return value
 
 
 def init_app(app: QuartTrio, storage: StorageSource, **options: Any) -> TrioSessionInterface:
