@@ -75,13 +75,20 @@ class GlideDriver:
         self._client = client
         self._glide = glide
         self._scripts: dict[LuaScript, glide.Script] = {}
+        self._expiries: dict[int, glide.ExpirySet] = {}  # building one costs a few us
 
     async def get(self, key: bytes) -> object:
         return await self._client.get(key)
 
     async def set(self, key: bytes, value: bytes, px: int | None) -> None:
-        glide = self._glide
-        expiry = None if px is None else glide.ExpirySet(glide.ExpiryType.MILLSEC, px)
+        expiry = None
+        if px is not None:
+            expiry = self._expiries.get(px)
+            if expiry is None:
+                if len(self._expiries) >= 64:
+                    self._expiries.clear()
+                expiry = self._glide.ExpirySet(self._glide.ExpiryType.MILLSEC, px)
+                self._expiries[px] = expiry
         await self._client.set(key, value, expiry=expiry)
 
     async def delete(self, key: bytes) -> None:

@@ -41,6 +41,8 @@ __all__ = ["RedisStorage", "open_redis_storage"]
 CHUNK_SIZE = 64 * 1024
 #: How long a temporary key outlives its last use, in milliseconds.
 TEMPORARY_TTL_MS = 60_000
+#: How many ids' keys are remembered (sessions in use right now).
+_RECENT_KEYS = 4096
 #: How long cleanup of a temporary key may take before it is left to expire.
 _CLEANUP_SECONDS = 2.0
 
@@ -120,6 +122,7 @@ class RedisStorage(StorageBase):
             raise TypeError(f"prefix must be a str, not {type(prefix).__name__}")
         self._driver: Driver = driver_for(client)
         self._prefix = prefix.encode()
+        self._recent_keys: dict[str, bytes] = {}
 
     @property
     def driver(self) -> DriverName:
@@ -131,8 +134,15 @@ class RedisStorage(StorageBase):
         return self._key(check_session_id(session_id))
 
     def _key(self, session_id: str) -> bytes:
-        digest = hashlib.sha256(session_id.encode()).digest()
-        return self._prefix + b"{" + base64.urlsafe_b64encode(digest).rstrip(b"=") + b"}"
+        # A request reads and then writes the same session: hash it once.
+        key = self._recent_keys.get(session_id)
+        if key is None:
+            if len(self._recent_keys) >= _RECENT_KEYS:
+                self._recent_keys.clear()
+            digest = hashlib.sha256(session_id.encode()).digest()
+            key = self._prefix + b"{" + base64.urlsafe_b64encode(digest).rstrip(b"=") + b"}"
+            self._recent_keys[session_id] = key
+        return key
 
     async def touch(self, session_id: str, ttl: float) -> bool:
         """Let the session expire *ttl* seconds from now (sliding expiry), without
