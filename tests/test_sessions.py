@@ -200,6 +200,7 @@ async def test_signed_cookies_reject_tampering_and_rotate_keys() -> None:
     tampered = session_id + "." + ("A" if signature[0] != "A" else "B") + signature[1:]
     assert (await rotated.load(tampered)).new
     assert (await rotated.load(session_id)).new  # unsigned: refused
+    assert (await rotated.load(session_id + ".\u00e9")).new  # not even ASCII
     assert rotated.cookie_value(session_id) != cookie  # new cookies use the first key
 
     retired = make(storage, secret_key=new)

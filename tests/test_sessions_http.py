@@ -97,8 +97,9 @@ class Web:
         return await self.client.post(path, headers=_cookie_header(cookie), data=data)
 
 
-def _cookie_header(cookie: str | None) -> dict[str, str]:
-    return {} if cookie is None else {"Cookie": f"{NAME}={cookie}"}
+def _cookie_header(cookie: str | None) -> dict[bytes, bytes]:
+    # Bytes: a hostile client may send any octets, not only ASCII.
+    return {} if cookie is None else {b"Cookie": f"{NAME}={cookie}".encode()}
 
 
 def set_cookie(response: httpx.Response) -> tuple[str, list[str]] | None:
@@ -312,6 +313,7 @@ async def test_logout_invalidates_on_the_server(web: Web) -> None:
     [
         "A" * 43,  # well formed, never issued
         "A" * 43 + "." + "B" * 43,  # forged signature
+        "A" * 43 + ".\u00e9t\u00e9",  # non-ASCII signature
         "not a session id at all",
         "%00%ff\\\"';--",
         "x" * 4000,

@@ -538,6 +538,8 @@ class SessionManager:
             return None
         if not self._keys:
             return None if signature else session_id
+        if not signature.isascii():  # (compare_digest refuses non-ASCII str)
+            return None
         # Check every key (no early exit), so timing says nothing about which matched.
         valid = False
         for key in self._keys:
