@@ -120,17 +120,16 @@ class JSONSerializer:
 class CookieOptions:
     """How the session cookie is set. The defaults follow OWASP's advice.
 
-    Args:
-      name: the cookie's name. A ``__Host-`` name makes browsers refuse the cookie unless
+    :param name: the cookie's name. A ``__Host-`` name makes browsers refuse the cookie unless
         it is ``Secure``, has ``Path=/`` and no ``Domain``, so a sibling subdomain cannot
         plant or shadow it; those settings are checked here.
-      secure: send the cookie over HTTPS only. Browsers treat ``http://localhost`` and
+    :param secure: send the cookie over HTTPS only. Browsers treat ``http://localhost`` and
         ``http://127.0.0.1`` as secure, so development works without turning it off.
-      httponly: hide the cookie from JavaScript.
-      samesite: ``"lax"``, ``"strict"`` or ``"none"`` (which requires ``secure``).
-      path: the cookie's path.
-      domain: the cookie's domain; ``None`` (the default) means this host only.
-      persistent: give the cookie a ``Max-Age`` (the absolute timeout, which then must be
+    :param httponly: hide the cookie from JavaScript.
+    :param samesite: ``"lax"``, ``"strict"`` or ``"none"`` (which requires ``secure``).
+    :param path: the cookie's path.
+    :param domain: the cookie's domain; ``None`` (the default) means this host only.
+    :param persistent: give the cookie a ``Max-Age`` (the absolute timeout, which then must be
         set) so it survives a browser restart. By default it is a browser-session cookie.
     """
 
@@ -452,26 +451,25 @@ UNOPENED: SessionStorage = _Unopened()
 class SessionManager:
     """Loads, checks, saves and rotates sessions kept in a `SessionStorage`.
 
-    Args:
-      storage: where session data lives.
-      idle_timeout: seconds of inactivity after which a session dies (OWASP suggests
+    :param storage: where session data lives.
+    :param idle_timeout: seconds of inactivity after which a session dies (OWASP suggests
         2-5 minutes for high-value applications, 15-30 minutes for low-risk ones).
-      absolute_timeout: seconds after which a session dies however active it is;
+    :param absolute_timeout: seconds after which a session dies however active it is;
         ``None`` for none (not recommended).
-      secret_key: optional HMAC key(s) for signing the cookie value. With a list, the
+    :param secret_key: optional HMAC key(s) for signing the cookie value. With a list, the
         first key signs and every key verifies: put a new key first and keep old ones
         until their cookies have expired. Signing is defence in depth: ids are 256-bit
         random values either way, but a signed cookie is rejected before any storage read.
-      cookie: the cookie's name and attributes.
-      serializer: how data becomes bytes; JSON by default.
-      touch_interval: how stale the recorded activity time may get before an unchanged
+    :param cookie: the cookie's name and attributes.
+    :param serializer: how data becomes bytes; JSON by default.
+    :param touch_interval: how stale the recorded activity time may get before an unchanged
         session is refreshed (sliding expiry). Storages with a ``touch(id, ttl)`` method
         are touched on every request instead, which never rewrites the data.
-      on_storage_error: ``"fail"`` (default): a storage failure while loading raises
+    :param on_storage_error: ``"fail"`` (default): a storage failure while loading raises
         `StorageError`, which the integrations turn into a 503 response, so an outage
         never silently logs users out. ``"fresh"``: log it and continue with a new, empty
         session.
-      clock: the current wall-clock time in seconds (timestamps are stored with the data,
+    :param clock: the current wall-clock time in seconds (timestamps are stored with the data,
         so they must survive restarts); inject one in tests.
     """
 

@@ -58,12 +58,11 @@ _UNAVAILABLE_HEADERS = [
 class SessionMiddleware:
     """Loads the session before the app runs and saves it when the response starts.
 
-    Args:
-      app: the ASGI application to wrap.
-      storage: a `SessionStorage` (its owner closes it), or a zero-argument callable
+    :param app: the ASGI application to wrap.
+    :param storage: a `SessionStorage` (its owner closes it), or a zero-argument callable
         returning an async context manager that yields one (opened at lifespan startup,
         closed at lifespan shutdown).
-      options: keyword arguments for `SessionManager` (timeouts, ``secret_key``,
+    :param options: keyword arguments for `SessionManager` (timeouts, ``secret_key``,
         ``cookie``, ...).
     """
 

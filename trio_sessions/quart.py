@@ -65,11 +65,10 @@ def _unavailable() -> Response:
 class TrioSessionInterface(SessionInterface):
     """A Quart `SessionInterface` backed by a `SessionManager`. Use `init_app` to install it.
 
-    Args:
-      storage: a `SessionStorage` (its owner closes it), or a zero-argument callable
+    :param storage: a `SessionStorage` (its owner closes it), or a zero-argument callable
         returning an async context manager that yields one (opened in ``app.nursery``
         when the app starts serving, closed when it stops).
-      options: keyword arguments for `SessionManager` (timeouts, ``secret_key``,
+    :param options: keyword arguments for `SessionManager` (timeouts, ``secret_key``,
         ``cookie``, ...).
     """
 
