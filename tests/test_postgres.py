@@ -382,3 +382,29 @@ async def test_purge_from_the_command_line(dsn: str) -> None:
         )
         assert missing.returncode == 1
         assert b"no_such_table" in missing.stderr
+
+
+async def test_cancelled_anywhere_in_its_life_a_storage_leaves_no_connection(dsn: str) -> None:
+    settings = {"server_settings": {"application_name": APP}}
+    with trio.fail_after(120):
+        for turns in range(0, 3000, 120):  # cancel after this many scheduler turns
+            async with trio.open_nursery() as nursery:
+
+                async def use() -> None:
+                    async with open_postgres_storage(
+                        dsn, table="cancelled", pool_options=settings
+                    ) as storage:
+                        await storage.write_bytes("a", b"x")
+                        assert await storage.read_bytes("a") == b"x"
+                    nursery.cancel_scope.cancel()
+
+                nursery.start_soon(use)
+                for _ in range(turns):
+                    await trio.lowlevel.checkpoint()
+                nursery.cancel_scope.cancel()
+        async with trio_asyncio.open_loop(), raw_connection(dsn) as sql:
+            count = "SELECT count(*) FROM pg_stat_activity WHERE application_name = $1"
+            assert await aio_as_trio(sql.fetchval)(count, APP) == 0
+        async with open_postgres_storage(dsn, table="cancelled") as storage:
+            await storage.write_bytes("a", b"after")
+            assert await storage.read_bytes("a") == b"after"
