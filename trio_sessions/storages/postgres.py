@@ -88,6 +88,7 @@ async def _keep_connection_state(connection: object) -> None:
     """Pool reset hook: our statements leave no session state, so skip asyncpg's reset query."""
 
 
+@final
 class _PostgresStore:
     """The asyncio side: asyncpg statements over a pool (all methods run on asyncio)."""
 
