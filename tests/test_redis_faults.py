@@ -152,6 +152,18 @@ async def one_operation(
         judge_read(key, value, tally)
 
 
+async def read_retrying(storage: RedisStorage, sid: str) -> bytes | None:
+    """Read *sid*, retrying while the server is not back yet."""
+    with trio.fail_after(20):
+        while True:
+            try:
+                return await storage.read_bytes(sid)
+            except SessionNotFound:
+                return MISSING
+            except StorageError:
+                await trio.sleep(0.01)
+
+
 # ---------------------------------------------------------------- server crashes
 
 
@@ -219,20 +231,8 @@ async def test_server_killed_and_restarted_under_load(redis_driver: str) -> None
                 # Finally every key holds what was acknowledged last (or a later attempt).
                 await trio.to_thread.run_sync(server.kill)
                 await trio.to_thread.run_sync(server.start)
-                with trio.fail_after(20):
-                    while True:
-                        try:
-                            await storage.read_bytes("probe")
-                        except SessionNotFound:
-                            break
-                        except StorageError:
-                            await trio.sleep(0.01)
                 for key in (key for row in keys for key in row):
-                    try:
-                        value: bytes | None = await storage.read_bytes(key.sid)
-                    except SessionNotFound:
-                        value = MISSING
-                    judge_read(key, value, tally)
+                    judge_read(key, await read_retrying(storage, key.sid), tally)
     print(
         f"\n{redis_driver}: {server.starts - 1} restarts, {tally.ops} operations, "
         f"{tally.errors} StorageErrors, {len(tally.wrong)} wrong values, "

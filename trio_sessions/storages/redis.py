@@ -179,7 +179,11 @@ class RedisStorage(StorageBase):
         key = self._key(session_id)
         snapshot = key + b":r:" + secrets.token_hex(8).encode()
         args = [str(CHUNK_SIZE).encode(), str(TEMPORARY_TTL_MS).encode()]
-        reply = await self._driver.eval(_OPEN, [key, snapshot], args)
+        try:
+            reply = await self._driver.eval(_OPEN, [key, snapshot], args)
+        except BaseException:
+            await _discard(self._driver, snapshot)  # noqa: ASYNC102 (it shields itself)
+            raise
         if not isinstance(reply, list) or len(reply) > 2:
             raise _unexpected(reply)
         if not reply:
