@@ -200,8 +200,10 @@ def plan_from_bytes(data: bytes) -> Plan:
     ]
     reads = []
     for _ in range(take(30)):
-        start, sid, kind, cancel = take(41) / 4, take(len(writes)), take(2), take(10)
-        reads.append((start, sid, ("read_bytes", "read")[kind], cancel / 4 if cancel else None))
+        start, sid, kind, cancel = take(41) / 4, take(len(writes)), take(2), take(24)
+        reads.append(
+            (start, sid, ("read_bytes", "read")[kind], cancel / 4 if cancel < 12 else None)
+        )
     # Delegate calls are mostly quick, a few very slow: latencies spread like real ones.
     delays = [Delay(_SCALE[take(8)], _SCALE[take(8)], take(10) == 9) for _ in range(1 + take(8))]
     return Plan(writes, reads, delays, 1 + config // 2 % 3, (0.5, 2.0, 60.0)[config // 6 % 3])
@@ -333,16 +335,35 @@ def test_ktor_ordering_serves_a_logged_out_session() -> None:
     assert "a read returned b'<0:0>'" in problem
 
 
-def test_a_read_that_saw_a_write_in_progress_is_not_followed_by_an_older_value() -> None:
-    plan = Plan(
-        # "<0:0>" is cached at 1 s; "<0:1>" reaches the delegate at 3 s, returns at 8 s.
+_SAW_A_WRITE_IN_PROGRESS = {
+    # "<0:0>" is cached at 1 s; "<0:1>" reaches the delegate at 3 s, returns at 8 s. The
+    # first read misses and reads the delegate at 5 s: it returns "<0:1>" at 6 s. The read
+    # at 7 s must not get the cached "<0:0>".
+    "cached entry": Plan(
         writes=[[(1.0, "write_bytes", False), (1.0, "write_bytes", False)]],
-        # The first read misses and reads the delegate at 5 s: it returns "<0:1>" at 6 s.
         reads=[(0.0, 0, "read_bytes", None), (7.0, 0, "read_bytes", None)],
         delays=[Delay(5.0, 1.0), Delay(), Delay(1.0, 5.0), Delay()],
         max_entries=10,
         idle_timeout=60.0,
-    )
+    ),
+    # The first read's delegate read is detached by the invalidation at 0.5 s; the second
+    # starts one that sees nothing at 0.75 s and returns at 8.75 s. "<0:1>" reaches the
+    # delegate at 2 s, the first read sees it at 3 s and returns it at 3.5 s. The read at
+    # 4 s must not join the second read's older one.
+    "older delegate read": Plan(
+        writes=[[(0.5, "invalidate", False), (0.5, "write_bytes", False)]],
+        reads=[(0.0, 0, "read_bytes", None), (0.75, 0, "read_bytes", None), (4.0, 0, "read", None)],
+        delays=[Delay(3.0, 0.5), Delay(), Delay(0.0, 8.0), Delay(1.0, 10.0), Delay()],
+        max_entries=10,
+        idle_timeout=60.0,
+    ),
+}
+
+
+@pytest.mark.parametrize("plan", _SAW_A_WRITE_IN_PROGRESS.values(), ids=_SAW_A_WRITE_IN_PROGRESS)
+def test_a_read_that_saw_a_write_in_progress_is_not_followed_by_an_older_value(
+    plan: Plan,
+) -> None:
     assert run_plan(plan) is None
 
 

@@ -10,8 +10,9 @@ How it stays correct:
   or invalidate ends, the id's in-flight read is detached, which acts as a per-id
   generation: later readers start a fresh read, and the detached one still answers the
   readers that joined it (they overlapped the write) but never installs its result. A
-  read that completes while a write of its id is in progress installs nothing and drops
-  the entry (the delegate may already hold the new value, and its readers have seen it).
+  delegate read that completes while a write of its id is in progress installs nothing,
+  drops the entry and detaches the in-flight read: the delegate may already hold the new
+  value, and once a reader has seen it no later reader may see an older one.
   Overlapping writes of one id (whose order at the delegate the cache cannot see) leave
   nothing cached.
 * **Expiry.** A value written through the cache with a ttl leaves the cache when the ttl
@@ -209,9 +210,11 @@ class CacheStorage(StorageBase):
             return flight.data
         self._loads += 1
         try:
-            return await self._delegate.read_bytes(session_id)
+            data = await self._delegate.read_bytes(session_id)
         except SessionNotFound:
-            return None
+            data = None
+        self._observed(session_id)
+        return data
 
     async def _open_source(self, session_id: str) -> tuple[bytes, ChunkSource | None]:
         data = self._lookup(session_id)
@@ -227,9 +230,13 @@ class CacheStorage(StorageBase):
         self._running().start_soon(pump.run, self._delegate, session_id)
         try:
             first = await pump.read()
+        except SessionNotFound:
+            self._observed(session_id)
+            raise
         except BaseException:
             pump.close()
             raise
+        self._observed(session_id)
         return first, pump
 
     async def _store(self, session_id: str, data: bytes, ttl: float | None) -> None:
@@ -314,9 +321,7 @@ class CacheStorage(StorageBase):
             raise
         else:
             if session_id in self._writing:
-                # A write in progress may already show at the delegate: the waiters are
-                # about to see it, so no later read may get the entry it replaces.
-                self._discard(session_id)
+                self._observed(session_id)
             elif self._flights.get(session_id) is flight and flight.data is not None:
                 self._install(session_id, flight.data, started + self._idle_timeout)
         finally:
@@ -337,6 +342,17 @@ class CacheStorage(StorageBase):
             size += len(chunk)
             if size > limit:
                 return None
+
+    def _observed(self, session_id: str) -> None:
+        """A delegate read of *session_id* returned and its reader is about to see it.
+
+        With a write of the id in progress, what it saw may be the new value: then no later
+        read may get an older one, from the cached entry or from a delegate read that
+        started earlier. Drop the entry and detach that read.
+        """
+        if session_id in self._writing:
+            self._discard(session_id)
+            self._flights.pop(session_id, None)
 
     def _begin(self, session_id: str) -> None:
         """A write or invalidate of *session_id* starts."""
