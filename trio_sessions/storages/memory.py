@@ -70,6 +70,7 @@ class MemoryStorage(StorageBase):
         return len(self._entries)
 
     def statistics(self) -> MemoryStorageStatistics:
+        """Counters since the storage was made, and what it holds now."""
         return MemoryStorageStatistics(
             entries=len(self._entries),
             bytes=self._bytes,
