@@ -34,6 +34,8 @@ towncrier_draft_include_empty = True
 towncrier_draft_working_directory = Path(__file__).parent.parent
 
 autodoc_member_order = "bysource"
+# Show defaults as written (``clock=trio.current_time``), not as their repr.
+autodoc_preserve_defaults = True
 autodoc_typehints = "description"
 default_role = "obj"
 exclude_patterns = ["_build"]
@@ -55,5 +57,15 @@ def _unlink_builtins(app: Any, doctree: Any) -> None:
             node.attributes.pop("refspecific", None)
 
 
+def _protocol_signature(
+    app: Any, what: str, name: str, obj: Any, options: Any, signature: Any, annotation: Any
+) -> tuple[str, Any] | None:
+    # A Protocol is described, not instantiated: its ``(*args, **kwargs)`` says nothing.
+    if what == "class" and getattr(obj, "_is_protocol", False):
+        return "", annotation
+    return None
+
+
 def setup(app: Any) -> None:
     app.connect("doctree-read", _unlink_builtins)
+    app.connect("autodoc-process-signature", _protocol_signature)

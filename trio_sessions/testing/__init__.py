@@ -65,10 +65,12 @@ class CheckResult:
 class ConformanceReport:
     """What `check_storage` found."""
 
+    #: One result per check, in the order they ran.
     results: tuple[CheckResult, ...]
 
     @property
     def passed(self) -> bool:
+        """Whether every check passed."""
         return all(result.passed for result in self.results)
 
     def format(self, *, verbose: bool = False) -> str:
@@ -173,7 +175,10 @@ class StorageConformance:
     needs no pytest plugin (it also works beside pytest-trio's ``trio_mode``).
     """
 
+    #: Whether the storage takes its time from the `ManualClock` it is given; if not,
+    #: expiry is checked with short real sleeps.
     clock_controlled: ClassVar[bool] = True
+    #: Hypothesis examples per property-based check.
     max_examples: ClassVar[int] = 50
 
     def open_storage(self, clock: ManualClock) -> Any:
