@@ -100,7 +100,7 @@ async def test_close_is_called_once() -> None:
         await storage.read_bytes("sid")
 
 
-async def test_abstract_methods_are_required() -> None:
+def test_abstract_methods_are_required() -> None:
     class Incomplete(BytesStorage):
         async def load(self, session_id: str) -> bytes | None:
             return None

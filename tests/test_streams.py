@@ -11,6 +11,7 @@ from trio_sessions._streams import ReadStream, WriteStream
 
 
 async def channel_pair() -> tuple[WriteStream, ReadStream]:
+    await trio.lowlevel.checkpoint()  # check_one_way_stream wants an async maker
     send, receive = trio.open_memory_channel[bytes](1)
     return WriteStream(2**40, chunk_size=1024, channel=send), ReadStream(b"", receive)
 
