@@ -94,6 +94,9 @@ class StorageBase(SessionStorage):
     _chunk_size: int | None = None
     #: Chunks in flight between a callback and its backend task.
     _channel_chunks = 1
+    #: Backends whose every hook awaits real I/O (a thread hop, a network round trip) set
+    #: this: the hook is then the schedule point, and the base class adds none of its own.
+    _hooks_yield = False
 
     def __init__(self, *, max_size: int = DEFAULT_MAX_SIZE) -> None:
         if isinstance(max_size, bool) or not isinstance(max_size, int) or max_size < 1:
@@ -161,7 +164,8 @@ class StorageBase(SessionStorage):
             raise
         except Exception as exc:
             raise self._failure("store", exc) from exc
-        await cancel_shielded_checkpoint()
+        if not self._hooks_yield:
+            await cancel_shielded_checkpoint()
 
     async def read_bytes(self, session_id: str) -> bytes:
         self._check(session_id)
@@ -172,7 +176,8 @@ class StorageBase(SessionStorage):
             raise
         except Exception as exc:
             raise self._failure("load", exc) from exc
-        await cancel_shielded_checkpoint()
+        if not self._hooks_yield:
+            await cancel_shielded_checkpoint()
         if data is None:
             raise SessionNotFound()
         return data
@@ -186,7 +191,8 @@ class StorageBase(SessionStorage):
             raise
         except Exception as exc:
             raise self._failure("delete", exc) from exc
-        await cancel_shielded_checkpoint()
+        if not self._hooks_yield:
+            await cancel_shielded_checkpoint()
 
     async def write(self, session_id: str, provider: Provider, *, ttl: float | None = None) -> None:
         self._check(session_id)
@@ -230,7 +236,8 @@ class StorageBase(SessionStorage):
         try:
             first, source = await self._open_source(session_id)
         except SessionNotFound:
-            await cancel_shielded_checkpoint()
+            if not self._hooks_yield:
+                await cancel_shielded_checkpoint()
             raise
         except _CONTRACT_ERRORS:
             raise
@@ -239,7 +246,7 @@ class StorageBase(SessionStorage):
         if source is None:
             stream = ReadStream(first)
             result = await consumer(stream)
-            if not stream.yielded:
+            if not (stream.yielded or self._hooks_yield):
                 await cancel_shielded_checkpoint()
             return result
         try:

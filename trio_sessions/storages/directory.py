@@ -270,6 +270,7 @@ class DirectoryStorage(StorageBase):
     """
 
     _chunk_size = _CHUNK
+    _hooks_yield = True  # every hook is one thread hop
 
     def __init__(
         self,

@@ -113,6 +113,7 @@ class RedisStorage(StorageBase):
     """
 
     _chunk_size = CHUNK_SIZE
+    _hooks_yield = True  # every hook is a network round trip
 
     def __init__(
         self, client: object, *, prefix: str = "trio-sessions:", max_size: int = DEFAULT_MAX_SIZE
