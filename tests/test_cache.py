@@ -302,21 +302,20 @@ def test_no_stale_reads_in_1000_interleavings() -> None:
     assert examples >= 1000
 
 
-class StaleRead(AssertionError):
-    pass
-
-
 def test_the_checker_catches_ktor_ordering() -> None:
-    # Without shrinking: finding a failure is what counts here, and it takes a few dozen
-    # examples; shrinking one would take a minute.
-    @settings(max_examples=1000, deadline=None, database=None, phases=[Phase.generate])
+    """The same plans over a cache with Ktor's ordering: some of them read stale values."""
+    stale = []
+
+    # Stale plans are counted rather than raised: hypothesis would shrink (slow) and then
+    # replay one, which trio's scheduling may not reproduce exactly.
+    @settings(max_examples=300, deadline=None, database=None, phases=[Phase.generate])
     @given(_PLANS)
     def check(plan: Plan) -> None:
-        if problem := run_plan(plan, KtorOrderedCache):
-            raise StaleRead(problem)
+        if run_plan(plan, KtorOrderedCache) is not None:
+            stale.append(plan)
 
-    with pytest.raises(StaleRead):
-        check()
+    check()
+    assert stale
 
 
 def test_ktor_ordering_serves_a_logged_out_session() -> None:
