@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Any, Protocol, TypeVar, cast, final
 import trio
 
 from ._abc import DEFAULT_MAX_SIZE
-from ._base import StorageBase, collapse_group
+from ._base import StorageBase, collapsed_errors
 from ._errors import StorageError
 
 if TYPE_CHECKING:
@@ -132,18 +132,11 @@ async def _asyncio_loop() -> AsyncIterator[TrioEventLoop]:
         await trio.lowlevel.checkpoint()
         yield loop
         return
-    try:
+    # open_loop's nurseries group whatever passes through them; one error (the caller's
+    # own, usually) comes out as itself.
+    with collapsed_errors():
         async with trio_asyncio.open_loop() as loop:
             yield loop
-    except BaseExceptionGroup as group:
-        # open_loop's nurseries group whatever passes through them; one error (the
-        # caller's own, usually) comes out as itself.
-        error = collapse_group(group)
-        if error is group:
-            raise
-    else:
-        return
-    raise error
 
 
 async def _enter(

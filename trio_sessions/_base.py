@@ -14,6 +14,8 @@ from __future__ import annotations
 
 import math
 from abc import abstractmethod
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Protocol, TypeVar
 
 import trio
@@ -24,7 +26,14 @@ from ._errors import InvalidSessionId, SessionNotFound, SessionTooLarge, Storage
 from ._ids import check_session_id
 from ._streams import ReadStream, WriteStream
 
-__all__ = ["ChunkSink", "ChunkSource", "StorageBase", "check_ttl", "collapse_group"]
+__all__ = [
+    "ChunkSink",
+    "ChunkSource",
+    "StorageBase",
+    "check_ttl",
+    "collapse_group",
+    "collapsed_errors",
+]
 
 T = TypeVar("T")
 
@@ -85,6 +94,26 @@ def collapse_group(group: BaseExceptionGroup[BaseException]) -> BaseException:
     if not real:
         return leaves[0]
     return group
+
+
+@contextmanager
+def collapsed_errors() -> Iterator[None]:
+    """Let the one real error of the internal nurseries inside come out as itself.
+
+    See `collapse_group`. The error keeps its own ``__context__``; only a group that
+    holds several real errors propagates as a group.
+    """
+    try:
+        yield
+    except BaseExceptionGroup as group:
+        error = collapse_group(group)
+        if error is group:
+            raise
+        context = error.__context__
+        try:
+            raise error  # the group was only the nursery's wrapping
+        finally:
+            error.__context__ = context
 
 
 class StorageBase(SessionStorage):
@@ -207,7 +236,7 @@ class StorageBase(SessionStorage):
             if not stream.yielded:
                 await cancel_shielded_checkpoint()
             return
-        try:
+        with collapsed_errors():
             async with trio.open_nursery() as nursery:
 
                 def spill() -> trio.MemorySendChannel[bytes]:
@@ -222,13 +251,6 @@ class StorageBase(SessionStorage):
                 data = stream.finish()
                 if data is not None:
                     await self.__store(session_id, data, ttl)
-        except BaseExceptionGroup as group:
-            error = collapse_group(group)
-            if error is group:
-                raise
-        else:
-            return
-        raise error
 
     async def read(self, session_id: str, consumer: Consumer[T]) -> T:
         self._check(session_id)
@@ -249,7 +271,7 @@ class StorageBase(SessionStorage):
             if not (stream.yielded or self._hooks_yield):
                 await cancel_shielded_checkpoint()
             return result
-        try:
+        with collapsed_errors():
             async with trio.open_nursery() as nursery:
                 send, receive = trio.open_memory_channel[bytes](self._channel_chunks)
                 nursery.start_soon(self.__run_source, source, send)
@@ -257,13 +279,7 @@ class StorageBase(SessionStorage):
                     result = await consumer(ReadStream(first, receive))
                 # The consumer may stop early: the source task has nothing left to do.
                 nursery.cancel_scope.cancel()
-        except BaseExceptionGroup as group:
-            error = collapse_group(group)
-            if error is group:
-                raise
-        else:
-            return result
-        raise error
+        return result
 
     async def aclose(self) -> None:
         if self._closed:

@@ -35,7 +35,7 @@ from typing import final
 import trio
 
 from .._abc import SessionStorage
-from .._base import ChunkSink, ChunkSource, StorageBase, collapse_group
+from .._base import ChunkSink, ChunkSource, StorageBase, collapsed_errors
 from .._errors import SessionNotFound, StorageError
 
 __all__ = ["CacheStorage", "CacheStorageStatistics", "open_cache_storage"]
@@ -541,7 +541,8 @@ async def open_cache_storage(
         max_bytes=max_bytes,
         clock=clock,
     )
-    try:
+    # The cache's own tasks do not fail, so a group holds the block's one exception.
+    with collapsed_errors():
         async with trio.open_nursery() as nursery:
             await nursery.start(cache.run)
             try:
@@ -549,11 +550,3 @@ async def open_cache_storage(
             finally:
                 with trio.CancelScope(shield=True):
                     await cache.aclose()
-    except BaseExceptionGroup as group:
-        # The cache's own tasks do not fail, so a group holds the block's one exception.
-        error = collapse_group(group)
-        if error is group:
-            raise
-    else:
-        return
-    raise error

@@ -716,7 +716,10 @@ async def _streams(storage: SessionStorage) -> None:
     _expect(await storage.read(sid, consumer) == value, "streamed value came back different")
 
     async def early(stream: trio.abc.ReceiveStream) -> bytes:
-        return bytes(await stream.receive_some(5))
+        data = b""  # receive_some(n) may return fewer than n bytes
+        while len(data) < 5 and (chunk := await stream.receive_some(5 - len(data))):
+            data += chunk
+        return data
 
     _expect(
         await storage.read(sid, early) == value[:5],
