@@ -7,10 +7,12 @@ import atexit
 import functools
 import importlib
 import os
+import shlex
 import shutil
 import sys
 import tempfile
 from collections.abc import Callable, Sequence
+from pathlib import Path
 from typing import Any
 
 import trio
@@ -75,6 +77,34 @@ def _check(args: argparse.Namespace) -> int:
         print(report.format(verbose=args.verbose))
         failed = failed or not report.passed
     return 1 if failed else 0
+
+
+def _bench(args: argparse.Namespace) -> int:
+    from ._bench import SECTIONS, run
+
+    for name in args.only or ():
+        if name not in SECTIONS:
+            print(f"error: unknown section {name!r}; choose from {', '.join(SECTIONS)}")
+            return 2
+    mode = "quick" if args.quick else "full" if args.full else "smoke" if args.smoke else "default"
+    command = ["trio-sessions", "bench"] + ([f"--{mode}"] if mode != "default" else [])
+    for flag in ("only", "output", "tmp", "no_redis", "no_postgres", "no_charts"):
+        value = getattr(args, flag)
+        if value and value != "bench-results":
+            option = "--" + flag.replace("_", "-")
+            values = value if isinstance(value, list) else [value]
+            command += [option] if value is True else [x for v in values for x in (option, v)]
+    run(
+        mode,
+        Path(args.output),
+        sections=args.only or SECTIONS,
+        redis=not args.no_redis,
+        postgres=not args.no_postgres,
+        charts=not args.no_charts,
+        tmp=args.tmp,
+        command=shlex.join(command),
+    )
+    return 0
 
 
 def _demo(args: argparse.Namespace) -> int:
@@ -152,6 +182,40 @@ def _parser() -> argparse.ArgumentParser:
         prog="trio-sessions", description="Server-side web sessions for trio."
     )
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    from ._bench import SECTIONS
+
+    bench = commands.add_parser(
+        "bench",
+        help="measure the storages against their limits and peer libraries",
+        description=(
+            "Measure every storage against baselines and peer libraries in one run; write "
+            "results.json, results.md and PNG charts (with the 'bench' extra) to DIR. "
+            "Redis and PostgreSQL run as private servers when their binaries are found. "
+            "The default run takes a few minutes; --quick under a minute."
+        ),
+    )
+    size = bench.add_mutually_exclusive_group()
+    size.add_argument("--quick", action="store_true", help="fewer and shorter measurements")
+    size.add_argument(
+        "--full", action="store_true", help="longer, and up to 1,000,000 stored sessions everywhere"
+    )
+    size.add_argument("--smoke", action="store_true", help="every step once, tiny (for tests)")
+    bench.add_argument(
+        "--output", default="bench-results", metavar="DIR", help="default: %(default)s"
+    )
+    bench.add_argument(
+        "--only",
+        action="append",
+        metavar="SECTION",
+        help=f"measure only this section (repeatable): {', '.join(SECTIONS)}",
+    )
+    bench.add_argument("--tmp", metavar="DIR", help="where file storages write (default: TMPDIR)")
+    bench.add_argument("--no-redis", action="store_true", help="do not start a Redis server")
+    bench.add_argument(
+        "--no-postgres", action="store_true", help="do not start a PostgreSQL server"
+    )
+    bench.add_argument("--no-charts", action="store_true", help="write no PNG charts")
+    bench.set_defaults(run=_bench)
     check = commands.add_parser(
         "check",
         help="run the conformance checks against a storage",

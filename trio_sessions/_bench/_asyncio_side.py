@@ -1,0 +1,146 @@
+"""Peers and baselines that run on plain asyncio, measured in a child process.
+
+The child never imports trio-asyncio (which patches asyncio process-wide once imported),
+so asyncio runs as it would in an asyncio application. It reads one job as JSON from
+its argument and prints ``{"tasks": [ops/s per repeat], ...}`` as JSON.
+
+* ``starsessions-redis``: starsessions' RedisStore (redis-py) on a private server;
+* ``asyncpg``: the two SQL statements PostgresStorage runs, through an asyncpg pool of
+  the same size.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import datetime
+import hashlib
+import importlib
+import json
+import random
+import subprocess
+import sys
+import time
+from collections.abc import Awaitable, Callable, Sequence
+from typing import Any
+
+Write = Callable[[str, bytes], Awaitable[object]]
+Read = Callable[[str], Awaitable[object]]
+
+
+async def throughput(
+    write: Write,
+    read: Read,
+    ids: Sequence[str],
+    payload: bytes,
+    *,
+    tasks: int,
+    seconds: float,
+    max_ops: int,
+) -> float:
+    """As `trio_sessions._bench._core.throughput`, on asyncio."""
+    done = 0
+    deadline = time.perf_counter() + seconds
+
+    async def worker(seed: int) -> None:
+        nonlocal done
+        rng = random.Random(seed)
+        while done < max_ops and time.perf_counter() < deadline:
+            session_id = ids[rng.randrange(len(ids))]
+            await write(session_id, payload)
+            value = await read(session_id)
+            done += 2
+            if not isinstance(value, bytes) or len(value) != len(payload):
+                raise AssertionError("read back something else than the payload")
+
+    start = time.perf_counter()
+    await asyncio.gather(*(worker(seed) for seed in range(tasks)))
+    return done / (time.perf_counter() - start)
+
+
+async def _run(job: dict[str, Any]) -> dict[str, list[float]]:
+    payload = bytes(range(256)) * (job["size"] // 256) + bytes(job["size"] % 256)
+    ids = [f"bench-{n:05d}-0123456789abcdef0123456789abcdef" for n in range(job["ids"])]
+    ttl = 1800
+    close: Callable[[], Awaitable[object]]
+    if job["kind"] == "starsessions-redis":
+        redis_asyncio: Any = importlib.import_module("redis.asyncio")
+        stores: Any = importlib.import_module("starsessions.stores.redis")
+        # A blocking pool of 64 connections: the default pool refuses more than it holds.
+        pool = redis_asyncio.BlockingConnectionPool.from_url(job["url"], max_connections=64)
+        connection = redis_asyncio.Redis(connection_pool=pool)
+        store = stores.RedisStore(connection=connection, prefix="starsessions:")
+
+        async def write(session_id: str, data: bytes) -> None:
+            await store.write(session_id, data, lifetime=ttl, ttl=ttl)
+
+        async def read(session_id: str) -> bytes:
+            value: bytes = await store.read(session_id, lifetime=ttl)
+            return value
+
+        close = connection.aclose
+    else:
+        import asyncpg
+
+        table = job["table"]
+        load = (
+            f'SELECT data FROM "{table}" '
+            "WHERE id_hash = $1 AND (expires_at IS NULL OR expires_at > $2)"
+        )
+        save = (
+            f'INSERT INTO "{table}" (id_hash, data, expires_at) VALUES ($1, $2, $3) '
+            "ON CONFLICT (id_hash) DO UPDATE "
+            "SET data = excluded.data, expires_at = excluded.expires_at"
+        )
+
+        async def no_reset(connection: object) -> None:
+            pass
+
+        pool = await asyncpg.create_pool(job["dsn"], min_size=1, max_size=10, reset=no_reset)
+
+        def digest(session_id: str) -> bytes:
+            return hashlib.sha256(session_id.encode()).digest()
+
+        async def write(session_id: str, data: bytes) -> None:
+            expires = datetime.datetime.now(datetime.UTC) + datetime.timedelta(seconds=ttl)
+            await pool.execute(save, digest(session_id), data, expires)
+
+        async def read(session_id: str) -> bytes:
+            now = datetime.datetime.now(datetime.UTC)
+            value: bytes = await pool.fetchval(load, digest(session_id), now)
+            return value
+
+        close = pool.close
+    try:
+        for session_id in ids:
+            await write(session_id, payload)
+        figures: dict[str, list[float]] = {str(tasks): [] for tasks in job["tasks"]}
+        for _ in range(job["repeats"]):
+            for tasks in job["tasks"]:
+                rate = await throughput(
+                    write,
+                    read,
+                    ids,
+                    payload,
+                    tasks=tasks,
+                    seconds=job["seconds"],
+                    max_ops=job["max_ops"],
+                )
+                figures[str(tasks)].append(rate)
+        return figures
+    finally:
+        await close()
+
+
+def measure(job: dict[str, Any]) -> dict[str, list[float]]:
+    """Run *job* in a child process; ops/s per repeat for each task count."""
+    command = [sys.executable, "-m", __name__, json.dumps(job)]
+    done = subprocess.run(command, capture_output=True, text=True, timeout=600, check=False)
+    if done.returncode != 0:
+        tail = done.stderr.strip().splitlines()[-1:] or ["no output"]
+        raise RuntimeError(f"{job['kind']} failed: {tail[0]}")
+    result: dict[str, list[float]] = json.loads(done.stdout.strip().splitlines()[-1])
+    return result
+
+
+if __name__ == "__main__":
+    print(json.dumps(asyncio.run(_run(json.loads(sys.argv[1])))))

@@ -1,0 +1,128 @@
+"""Memory per stored session: in a fresh process (resident memory) and in Redis (INFO).
+
+Run as ``python -m trio_sessions._bench._footprint NAME COUNT SIZE`` it measures one
+in-process candidate and prints bytes per session.
+"""
+
+from __future__ import annotations
+
+import gc
+import importlib
+import os
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+
+import trio
+
+from .._ids import new_session_id
+from ..storages.memory import MemoryStorage
+from ._core import TTL
+from ._servers import Resp
+
+PX = TTL * 1000
+
+
+def _payloads(count: int, size: int) -> list[bytes]:
+    """*count* distinct payload objects of *size* bytes."""
+    return [(n.to_bytes(8, "little") * (size // 8 + 1))[:size] for n in range(count)]
+
+
+def rss() -> int:
+    """This process's resident memory, in bytes."""
+    with open("/proc/self/statm") as statm:
+        return int(statm.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+
+
+def _held(build: Callable[[list[str], list[bytes]], object], count: int, size: int) -> float:
+    """Resident bytes per session that *build* keeps after storing *count* fresh sessions:
+    ids, payloads, the structure holding them and the allocators' overhead."""
+    trio.run(trio.lowlevel.checkpoint)  # trio's first run allocates caches of its own
+    gc.collect()
+    before = rss()
+    ids = [new_session_id() for _ in range(count)]
+    payloads = _payloads(count, size)
+    kept = build(ids, payloads)
+    del ids, payloads
+    gc.collect()
+    after = rss()
+    del kept
+    return (after - before) / count
+
+
+def _memory_storage(ttl: bool) -> Callable[[list[str], list[bytes]], object]:
+    def build(ids: list[str], payloads: list[bytes]) -> object:
+        storage = MemoryStorage()
+
+        async def fill() -> None:
+            for session_id, data in zip(ids, payloads, strict=True):
+                await storage.write_bytes(session_id, data, ttl=TTL if ttl else None)
+
+        trio.run(fill)
+        return storage
+
+    return build
+
+
+def _dict(ids: list[str], payloads: list[bytes]) -> object:
+    return dict(zip(ids, payloads, strict=True))
+
+
+def _starsessions(ids: list[str], payloads: list[bytes]) -> object:
+    module = importlib.import_module("starsessions.stores.memory")
+    store = module.InMemoryStore()
+
+    async def fill() -> None:
+        for session_id, data in zip(ids, payloads, strict=True):
+            await store.write(session_id, data, lifetime=TTL, ttl=TTL)
+
+    trio.run(fill)
+    return store
+
+
+IN_PROCESS: dict[str, Callable[[list[str], list[bytes]], object]] = {
+    "dict (ids and payloads only)": _dict,
+    "MemoryStorage (ttl)": _memory_storage(ttl=True),
+    "MemoryStorage (no ttl)": _memory_storage(ttl=False),
+    "starsessions InMemoryStore": _starsessions,
+}
+
+
+def in_process(name: str, count: int, size: int) -> float:
+    """Resident bytes per session for *name*, measured in a fresh child process."""
+    command = [sys.executable, "-m", __name__, name, str(count), str(size)]
+    done = subprocess.run(command, capture_output=True, text=True, timeout=600, check=False)
+    if done.returncode != 0:
+        tail = done.stderr.strip().splitlines()[-1:] or ["no output"]
+        raise RuntimeError(f"measuring {name} failed: {tail[0]}")
+    return float(done.stdout.strip().splitlines()[-1])
+
+
+def redis_used_memory(url: str, port: int, driver: str, count: int, size: int) -> float:
+    """Growth of the server's ``used_memory`` (what its allocator hands out), in bytes per
+    session stored as RedisStorage stores it: a key derived from the id, the payload and a
+    ttl. (Its resident memory is not comparable: freed pages stay with the allocator.)"""
+    from ..storages.redis import open_redis_storage
+
+    async def keys() -> list[bytes]:
+        async with open_redis_storage(url, driver=driver, prefix="trio-sessions:") as storage:  # type: ignore[arg-type]
+            return [storage.key(new_session_id()) for _ in range(count)]
+
+    names = trio.run(keys)
+    resp = Resp(port)
+    try:
+        resp.command("FLUSHALL", "SYNC")
+        before = resp.info("memory")
+        value = _payloads(1, size)[0]
+        resp.set_many(names, value, PX)
+        time.sleep(0.2)  # let an incremental rehash of the keyspace finish
+        after = resp.info("memory")
+        resp.command("FLUSHALL", "SYNC")
+    finally:
+        resp.close()
+    return (int(after["used_memory"]) - int(before["used_memory"])) / count
+
+
+if __name__ == "__main__":
+    print(_held(IN_PROCESS[sys.argv[1]], int(sys.argv[2]), int(sys.argv[3])))
