@@ -23,6 +23,7 @@ from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
+from ..storages._redis_drivers import DRIVERS
 from . import _plan, _report, _servers
 from ._core import Progress, Results
 from ._plan import PLANS, SECTIONS
@@ -45,7 +46,7 @@ def _servers_for(
 ) -> Iterator[Servers]:
     servers = Servers()
     with contextlib.ExitStack() as stack:
-        drivers = tuple(d for d in ("glide", "coredis") if _importable(d))
+        drivers = tuple(d for d in DRIVERS if _importable(d))
         binary = _servers.redis_binary()
         if not redis:
             results.skip("Redis", "--no-redis")

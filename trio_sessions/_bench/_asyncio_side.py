@@ -44,6 +44,7 @@ async def throughput(
     async def worker(seed: int) -> None:
         nonlocal done
         rng = random.Random(seed)
+        await asyncio.sleep(0)
         while done < max_ops and time.perf_counter() < deadline:
             session_id = ids[rng.randrange(len(ids))]
             await write(session_id, payload)
@@ -58,6 +59,7 @@ async def throughput(
 
 
 async def _run(job: dict[str, Any]) -> dict[str, list[float]]:
+    await asyncio.sleep(0)
     payload = bytes(range(256)) * (job["size"] // 256) + bytes(job["size"] % 256)
     ids = [f"bench-{n:05d}-0123456789abcdef0123456789abcdef" for n in range(job["ids"])]
     ttl = 1800

@@ -134,6 +134,7 @@ async def fill(ops: Ops, ids: Sequence[str], payload: bytes, tasks: int = 16) ->
     step = max(1, len(ids) // tasks)
 
     async def part(chunk: Sequence[str]) -> None:
+        await trio.lowlevel.checkpoint()
         for session_id in chunk:
             await ops.write(session_id, payload)
 

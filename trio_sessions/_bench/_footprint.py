@@ -17,6 +17,7 @@ from collections.abc import Callable
 import trio
 
 from .._ids import new_session_id
+from ..storages._redis_drivers import DriverName
 from ..storages.memory import MemoryStorage
 from ._core import TTL
 from ._servers import Resp
@@ -56,6 +57,7 @@ def _memory_storage(ttl: bool) -> Callable[[list[str], list[bytes]], object]:
         storage = MemoryStorage()
 
         async def fill() -> None:
+            await trio.lowlevel.checkpoint()
             for session_id, data in zip(ids, payloads, strict=True):
                 await storage.write_bytes(session_id, data, ttl=TTL if ttl else None)
 
@@ -74,6 +76,7 @@ def _starsessions(ids: list[str], payloads: list[bytes]) -> object:
     store = module.InMemoryStore()
 
     async def fill() -> None:
+        await trio.lowlevel.checkpoint()
         for session_id, data in zip(ids, payloads, strict=True):
             await store.write(session_id, data, lifetime=TTL, ttl=TTL)
 
@@ -99,14 +102,14 @@ def in_process(name: str, count: int, size: int) -> float:
     return float(done.stdout.strip().splitlines()[-1])
 
 
-def redis_used_memory(url: str, port: int, driver: str, count: int, size: int) -> float:
+def redis_used_memory(url: str, port: int, driver: DriverName, count: int, size: int) -> float:
     """Growth of the server's ``used_memory`` (what its allocator hands out), in bytes per
     session stored as RedisStorage stores it: a key derived from the id, the payload and a
     ttl. (Its resident memory is not comparable: freed pages stay with the allocator.)"""
     from ..storages.redis import open_redis_storage
 
     async def keys() -> list[bytes]:
-        async with open_redis_storage(url, driver=driver, prefix="trio-sessions:") as storage:  # type: ignore[arg-type]
+        async with open_redis_storage(url, driver=driver, prefix="trio-sessions:") as storage:
             return [storage.key(new_session_id()) for _ in range(count)]
 
     names = trio.run(keys)

@@ -39,6 +39,7 @@ class Plan:
     lateness_repeats: int
     lateness_tasks: int
     benchmark_requests: int
+    benchmark_repeats: int
 
     def as_json(self) -> dict[str, Any]:
         return asdict(self)
@@ -70,6 +71,7 @@ PLANS = {
         lateness_repeats=1,
         lateness_tasks=4,
         benchmark_requests=500,
+        benchmark_repeats=1,
     ),
     "quick": Plan(
         mode="quick",
@@ -78,18 +80,19 @@ PLANS = {
         max_ops=1_000_000,
         ids=256,
         sessions_memory=(1_000, 10_000, 100_000),
-        sessions_directory=(1_000, 3_000),
+        sessions_directory=(100, 1_000),
         sessions_redis=(1_000, 10_000, 100_000),
         payloads=_CURVES["payloads"],
         payload_ids=16,
         concurrency=_CURVES["concurrency"],
-        concurrency_ids=1_024,
-        footprint_sessions=20_000,
+        concurrency_ids=256,
+        footprint_sessions=10_000,
         footprint_repeats=1,
-        lateness_seconds=0.15,
+        lateness_seconds=0.1,
         lateness_repeats=3,
         lateness_tasks=8,
         benchmark_requests=2_000,
+        benchmark_repeats=1,
     ),
     "default": Plan(
         mode="default",
@@ -98,7 +101,7 @@ PLANS = {
         max_ops=1_000_000,
         ids=1_024,
         sessions_memory=(1_000, 10_000, 100_000, 1_000_000),
-        sessions_directory=(1_000, 10_000, 100_000),
+        sessions_directory=(1_000, 10_000),
         sessions_redis=(1_000, 10_000, 100_000),
         payloads=_CURVES["payloads"],
         payload_ids=32,
@@ -110,6 +113,7 @@ PLANS = {
         lateness_repeats=3,
         lateness_tasks=8,
         benchmark_requests=20_000,
+        benchmark_repeats=3,
     ),
     "full": Plan(
         mode="full",
@@ -130,6 +134,7 @@ PLANS = {
         lateness_repeats=5,
         lateness_tasks=8,
         benchmark_requests=100_000,
+        benchmark_repeats=5,
     ),
 }
 

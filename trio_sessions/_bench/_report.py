@@ -264,7 +264,7 @@ def _curves(plt: Any, section: str, figures: Sequence[Figure]) -> Any:
                 label=name,
             )
         ax.set_xscale("log", base=2 if section == "concurrency" else 10)
-        ticks = sorted({f.x for f in figures if f.x is not None})
+        ticks = sorted({f.x for f in figures if f.group == group and f.x is not None})
         ax.set_xticks(ticks, [x_label(section, x) for x in ticks], fontsize=7)
         ax.minorticks_off()
         ax.set_yscale("log")
@@ -306,8 +306,9 @@ def _footprint(plt: Any, section: str, figures: Sequence[Figure]) -> Any:
     ax.axhline(FOOTPRINT_GOAL, color="tab:red", linestyle=":", label="goal, 1 KiB in MemoryStorage")
     ax.set_xticks([n + 0.4 - width / 2 for n in range(len(names))], names, fontsize=7)
     ax.set_ylabel("bytes per stored session")
+    ax.set_ylim(0, 1.3 * max(FOOTPRINT_GOAL, *(f.median for f in figures)))
     ax.set_title(TITLES[section], fontsize=10)
-    ax.legend(fontsize=7)
+    ax.legend(fontsize=7, loc="upper left", ncol=3)
     fig.tight_layout()
     return fig
 

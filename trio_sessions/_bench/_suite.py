@@ -13,6 +13,7 @@ from typing import Any
 
 import trio
 
+from ..storages._redis_drivers import DriverName
 from . import _asyncio_side, _footprint, _servers
 from . import _targets as t
 from ._core import Ops, Progress, Results, Role, Target, fill, lateness, throughput
@@ -39,7 +40,7 @@ def session_ids(count: int) -> list[str]:
 @dataclass
 class Servers:
     redis: _servers.RedisServer | None = None
-    drivers: tuple[str, ...] = ()
+    drivers: tuple[DriverName, ...] = ()
     dsn: str | None = None
 
 
@@ -64,7 +65,7 @@ class Suite:
                 self.results.skip(f"{section}: a candidate", f"not installed: {exc.name or exc}")
         return made
 
-    def _redis(self, drivers: Sequence[str], benchmark: bool = True) -> list[Entry]:
+    def _redis(self, drivers: Sequence[DriverName], benchmark: bool = True) -> list[Entry]:
         server = self.servers.redis
         if server is None:
             return []
@@ -171,7 +172,7 @@ class Suite:
         assert server is not None
         for c in clients:
             requests = self.plan.benchmark_requests // (4 if c < 16 else 1)
-            for _ in range(min(3, self.plan.repeats)):
+            for _ in range(self.plan.benchmark_repeats):
                 rps = _servers.redis_benchmark(server.port, clients=c, requests=requests, size=KIB)
                 if not rps:
                     self.results.skip(f"{section}: {BENCHMARK}", "not on PATH")
@@ -356,6 +357,8 @@ class Suite:
         async def prepare(ops: Ops, tasks: int) -> None:
             if tasks == plan.concurrency[0]:
                 await fill(ops, ids, data)
+            else:
+                await trio.lowlevel.checkpoint()
 
         async def measure(ops: Ops, tasks: int) -> float:
             return await throughput(

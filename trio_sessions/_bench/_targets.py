@@ -20,6 +20,7 @@ from typing import Any
 import trio
 
 from .._abc import SessionStorage
+from ..storages._redis_drivers import DriverName
 from ..storages.cache import open_cache_storage
 from ..storages.directory import DirectoryStorage
 from ..storages.memory import MemoryStorage
@@ -291,21 +292,21 @@ def _bulk(port: int, key: Callable[[str], bytes]) -> Callable[[Sequence[str], by
     return bulk
 
 
-def redis_storage(url: str, port: int, driver: str) -> Target:
+def redis_storage(url: str, port: int, driver: DriverName) -> Target:
     from ..storages.redis import open_redis_storage
 
     importlib.import_module("glide" if driver == "glide" else "coredis")
 
     @asynccontextmanager
     async def opener() -> AsyncIterator[Ops]:
-        async with open_redis_storage(url, driver=driver, prefix="bench:") as storage:  # type: ignore[arg-type]
+        async with open_redis_storage(url, driver=driver, prefix="bench:") as storage:
             ops = storage_ops(storage)
             yield Ops(ops.write, ops.read, _bulk(port, storage.key))
 
     return target(f"RedisStorage ({driver})", "subject", opener)
 
 
-def redis_raw(url: str, port: int, driver: str) -> Target:
+def redis_raw(url: str, port: int, driver: DriverName) -> Target:
     """The same client's ``SET key value PX`` and ``GET``, with no storage around them."""
     from ..storages._redis_drivers import connect
 
@@ -316,7 +317,7 @@ def redis_raw(url: str, port: int, driver: str) -> Target:
 
     @asynccontextmanager
     async def opener() -> AsyncIterator[Ops]:
-        async with connect(url, driver=driver, cluster=False, options={}) as client:  # type: ignore[arg-type]
+        async with connect(url, driver=driver, cluster=False, options={}) as client:
             if driver == "glide":
                 expiry = module.ExpirySet(module.ExpiryType.MILLSEC, PX)
 
