@@ -16,6 +16,8 @@ from pathlib import Path
 import pytest
 
 from trio_sessions._bench._core import Results
+from trio_sessions._bench._plan import SECTIONS as PLAN_SECTIONS
+from trio_sessions._bench._sections import BUILDERS
 from trio_sessions._cli import main
 
 TOP_KEYS = {
@@ -111,6 +113,10 @@ def test_bench_smoke_writes_json_markdown_and_charts(tmp_path: Path) -> None:
         for name in data["charts"]:
             assert (output / name).read_bytes().startswith(b"\x89PNG")
     assert not list(tmp_path.glob("trio-sessions-bench-*"))  # scratch directories removed
+
+
+def test_every_section_has_its_steps() -> None:
+    assert tuple(BUILDERS) == PLAN_SECTIONS
 
 
 def test_bench_refuses_an_unknown_section(capsys: pytest.CaptureFixture[str]) -> None:

@@ -9,7 +9,8 @@ writes ``results.json``, ``results.md`` and, with matplotlib, PNG charts.
 Layout: `_plan` (run sizes, the machine), `_core` (figures, workloads, progress),
 `_targets` (the candidates), `_servers` (private Redis and PostgreSQL servers),
 `_asyncio_side` (asyncio peers, in a child process), `_footprint` (memory per
-session), `_suite` (the steps), `_report` (files and charts).
+session), `_suite` (how candidates are run), `_sections` (what each section runs),
+`_report` (files and charts).
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ from ..storages._redis_drivers import DRIVERS
 from . import _plan, _report, _servers
 from ._core import Progress, Results
 from ._plan import PLANS, SECTIONS
+from ._sections import BUILDERS
 from ._suite import Servers, Suite
 
 __all__ = ["PLANS", "SECTIONS", "run"]
@@ -101,7 +103,7 @@ def run(
             machine["redis_server"] = servers.redis.version
             machine["redis_benchmark"] = _servers.redis_benchmark_version()
         suite = Suite(plan, servers, results, tmp, progress)
-        steps = suite.steps([s for s in SECTIONS if s in sections])
+        steps = [step for s in SECTIONS if s in sections for step in BUILDERS[s](suite)]
         progress.total = len(steps)
         suite.run(steps)
     figures = results.finish()
