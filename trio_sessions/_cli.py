@@ -94,7 +94,7 @@ def _bench(args: argparse.Namespace) -> int:
             option = "--" + flag.replace("_", "-")
             values = value if isinstance(value, list) else [value]
             command += [option] if value is True else [x for v in values for x in (option, v)]
-    run(
+    data = run(
         mode,
         Path(args.output),
         sections=args.only or SECTIONS,
@@ -104,7 +104,10 @@ def _bench(args: argparse.Namespace) -> int:
         tmp=args.tmp,
         command=shlex.join(command),
     )
-    return 0
+    failed = [item for item in data["skipped"] if item["why"].startswith("failed")]
+    for item in failed:
+        print(f"error: {item['what']}: {item['why']}", file=sys.stderr)
+    return 1 if failed else 0
 
 
 def _demo(args: argparse.Namespace) -> int:
