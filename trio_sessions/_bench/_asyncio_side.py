@@ -15,6 +15,7 @@ import asyncio
 import datetime
 import hashlib
 import importlib
+import importlib.util
 import json
 import random
 import subprocess
@@ -133,8 +134,18 @@ async def _run(job: dict[str, Any]) -> dict[str, list[float]]:
         await close()
 
 
+#: What each kind of job imports.
+NEEDS = {"starsessions-redis": ("redis", "starsessions"), "asyncpg": ("asyncpg",)}
+
+
 def measure(job: dict[str, Any]) -> dict[str, list[float]]:
-    """Run *job* in a child process; ops/s per repeat for each task count."""
+    """Run *job* in a child process; ops/s per repeat for each task count.
+
+    Raises `ImportError` if a package it needs is missing, `RuntimeError` if it failed.
+    """
+    for name in NEEDS[job["kind"]]:
+        if importlib.util.find_spec(name) is None:
+            raise ImportError(f"No module named {name!r}", name=name)
     command = [sys.executable, "-m", __name__, json.dumps(job)]
     done = subprocess.run(command, capture_output=True, text=True, timeout=600, check=False)
     if done.returncode != 0:

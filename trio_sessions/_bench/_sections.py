@@ -343,7 +343,7 @@ def lateness_under_load(suite: Suite) -> list[Step]:
                     try:
                         ops = await stack.enter_async_context(target.open())
                     except Exception as exc:
-                        suite.results.skip(f"lateness: {target.name}", repr(exc))
+                        suite.results.skip(f"lateness: {target.name}", f"failed to open: {exc!r}")
                         continue
                     await fill(ops, ids, data)
                     opened.append((target, baseline, ops))

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+import subprocess
 import time
 import traceback
 from collections.abc import Awaitable, Callable, Sequence
@@ -109,7 +110,7 @@ class Suite:
                     try:
                         ops = await stack.enter_async_context(target.open())
                     except Exception as exc:
-                        self.results.skip(f"{section}: {target.name}", repr(exc))
+                        self.results.skip(f"{section}: {target.name}", f"failed to open: {exc!r}")
                         continue
                     opened.append((target, baseline, ops))
                 for n, x in enumerate(xs):
@@ -156,8 +157,11 @@ class Suite:
         job = {"repeats": plan.repeats, "seconds": plan.seconds, "max_ops": plan.max_ops, **job}
         try:
             figures = _asyncio_side.measure(job)
-        except (RuntimeError, OSError) as exc:
-            self.results.skip(f"{section}: {name}", str(exc))
+        except ImportError as exc:
+            self.results.skip(f"{section}: {name}", f"not installed: {exc.name or exc}")
+            return
+        except (RuntimeError, OSError, subprocess.SubprocessError) as exc:
+            self.results.skip(f"{section}: {name}", f"failed: {exc}")
             return
         for tasks, values in figures.items():
             x = None if section == "pairs" else float(tasks)
