@@ -3,13 +3,16 @@
 from __future__ import annotations
 
 from ._abc import DEFAULT_MAX_SIZE as DEFAULT_MAX_SIZE
+from ._abc import ConditionalStorage as ConditionalStorage
 from ._abc import Consumer as Consumer
 from ._abc import Provider as Provider
 from ._abc import SessionStorage as SessionStorage
+from ._abc import Versioned as Versioned
 from ._errors import InvalidSessionId as InvalidSessionId
 from ._errors import SessionNotFound as SessionNotFound
 from ._errors import SessionTooLarge as SessionTooLarge
 from ._errors import StorageError as StorageError
+from ._errors import WriteConflict as WriteConflict
 from ._ids import SESSION_ID_PATTERN as SESSION_ID_PATTERN
 from ._ids import check_session_id as check_session_id
 from ._ids import new_session_id as new_session_id
@@ -40,6 +43,7 @@ __all__ = [
     "BytesStorage",
     "CacheStorage",
     "CacheStorageStatistics",
+    "ConditionalStorage",
     "Consumer",
     "CookieOptions",
     "DirectoryPurgeResult",
@@ -59,6 +63,8 @@ __all__ = [
     "SessionStorage",
     "SessionTooLarge",
     "StorageError",
+    "Versioned",
+    "WriteConflict",
     "check_session_id",
     "new_session_id",
     "open_cache_storage",

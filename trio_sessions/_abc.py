@@ -4,11 +4,19 @@ from __future__ import annotations
 
 from abc import abstractmethod
 from collections.abc import Awaitable, Callable
-from typing import TypeVar
+from dataclasses import dataclass
+from typing import TypeVar, final
 
 import trio
 
-__all__ = ["Consumer", "Provider", "SessionStorage"]
+__all__ = [
+    "ConditionalStorage",
+    "Consumer",
+    "Provider",
+    "SessionStorage",
+    "Versioned",
+    "conditional",
+]
 
 T = TypeVar("T")
 
@@ -77,3 +85,67 @@ class SessionStorage(trio.abc.AsyncResource):
     @abstractmethod
     async def aclose(self) -> None:
         """Release the storage's resources. Idempotent."""
+
+
+@final
+@dataclass(frozen=True, slots=True)
+class Versioned:
+    """A session's value with the version it is stored under (`ConditionalStorage`)."""
+
+    #: The stored value.
+    data: bytes
+    #: An opaque positive int that changes with every write of this id.
+    version: int
+
+
+class ConditionalStorage(SessionStorage):
+    """A storage that also offers atomic conditional writes (compare-and-set).
+
+    Every write of a session gives it a new *version*. `read_versioned` returns the value
+    with its version; `write_bytes_if` and `invalidate_if` change the session only if the
+    stored version is still the expected one, atomically with respect to every other
+    operation on that id (also from other processes sharing the backend), and raise
+    `WriteConflict` without changing anything otherwise. A session that was invalidated
+    or has expired has no version, so every conditional write or delete that expects a
+    version read before fails: this is what lets the session layer merge concurrent
+    requests and make a logout stick.
+
+    Every built-in backend implements it; the conformance harness checks it.
+    """
+
+    __slots__ = ()
+
+    @property
+    def conditional_writes(self) -> bool:
+        """Whether the conditional methods work on this instance.
+
+        ``True`` unless the storage wraps another one that lacks them (a cache over a
+        storage without conditional writes).
+        """
+        return True
+
+    @abstractmethod
+    async def read_versioned(self, session_id: str) -> Versioned:
+        """Return the session's value and version; `SessionNotFound` if there is none."""
+
+    @abstractmethod
+    async def write_bytes_if(
+        self, session_id: str, data: bytes, *, version: int | None, ttl: float | None = None
+    ) -> int:
+        """Store *data* if the stored version is *version*; return the new version.
+
+        ``version=None`` means "only if no value is stored" (creating a session). Raises
+        `WriteConflict`, changing nothing, if the stored version is another one, or if
+        the session was invalidated or expired since *version* was read.
+        """
+
+    @abstractmethod
+    async def invalidate_if(self, session_id: str, *, version: int) -> None:
+        """Delete the session if its stored version is *version*; else `WriteConflict`."""
+
+
+def conditional(storage: SessionStorage) -> ConditionalStorage | None:
+    """Return *storage* if its conditional writes work, else ``None``."""
+    if isinstance(storage, ConditionalStorage) and storage.conditional_writes:
+        return storage
+    return None

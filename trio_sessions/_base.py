@@ -21,14 +21,28 @@ from typing import Protocol, TypeVar
 import trio
 from trio.lowlevel import cancel_shielded_checkpoint, checkpoint, checkpoint_if_cancelled
 
-from ._abc import DEFAULT_MAX_SIZE, Consumer, Provider, SessionStorage
-from ._errors import InvalidSessionId, SessionNotFound, SessionTooLarge, StorageError
+from ._abc import (
+    DEFAULT_MAX_SIZE,
+    ConditionalStorage,
+    Consumer,
+    Provider,
+    SessionStorage,
+    Versioned,
+)
+from ._errors import (
+    InvalidSessionId,
+    SessionNotFound,
+    SessionTooLarge,
+    StorageError,
+    WriteConflict,
+)
 from ._ids import check_session_id
 from ._streams import ReadStream, WriteStream
 
 __all__ = [
     "ChunkSink",
     "ChunkSource",
+    "ConditionalBase",
     "StorageBase",
     "check_ttl",
     "collapse_group",
@@ -38,7 +52,13 @@ __all__ = [
 T = TypeVar("T")
 
 # Exceptions that already speak the contract: never wrapped in StorageError.
-_CONTRACT_ERRORS = (SessionNotFound, SessionTooLarge, InvalidSessionId, StorageError)
+_CONTRACT_ERRORS = (
+    SessionNotFound,
+    SessionTooLarge,
+    InvalidSessionId,
+    StorageError,
+    WriteConflict,
+)
 
 
 class ChunkSink(Protocol):
@@ -177,15 +197,19 @@ class StorageBase(SessionStorage):
             raise trio.ClosedResourceError(f"{type(self).__name__} is closed")
         check_session_id(session_id)
 
-    async def write_bytes(self, session_id: str, data: bytes, *, ttl: float | None = None) -> None:
-        self._check(session_id)
-        check_ttl(ttl)
+    def _check_data(self, data: bytes) -> bytes:
         if type(data) is not bytes:
             if not isinstance(data, bytes | bytearray | memoryview):
                 raise TypeError(f"data must be bytes, not {type(data).__name__}")
             data = bytes(data)
         if len(data) > self._max_size:
             raise SessionTooLarge(self._max_size)
+        return data
+
+    async def write_bytes(self, session_id: str, data: bytes, *, ttl: float | None = None) -> None:
+        self._check(session_id)
+        check_ttl(ttl)
+        data = self._check_data(data)
         await checkpoint_if_cancelled()
         try:
             await self._store(session_id, data, ttl)
@@ -345,3 +369,90 @@ class StorageBase(SessionStorage):
             finally:
                 with trio.CancelScope(shield=True):
                     await source.aclose()
+
+
+class ConditionalBase(StorageBase, ConditionalStorage):
+    """`StorageBase` plus conditional writes, for backends that can compare-and-set.
+
+    A backend implements three more hooks, each atomic with respect to every other hook
+    on the same id; every write hook (``_store``, the streaming sink, ``_store_if``) gives
+    the value a new version:
+
+    * ``_load_versioned(id)`` returns ``(value, version)`` or ``None``;
+    * ``_store_if(id, data, ttl, version)`` stores if the stored version is *version*
+      (``None``: if nothing is stored) and returns the new version, else ``None``;
+    * ``_delete_if(id, version)`` deletes if the stored version is *version* and says
+      whether it did.
+    """
+
+    @abstractmethod
+    async def _load_versioned(self, session_id: str) -> tuple[bytes, int] | None:
+        """Return the stored value and its version, or ``None`` if missing or expired."""
+
+    @abstractmethod
+    async def _store_if(
+        self, session_id: str, data: bytes, ttl: float | None, version: int | None
+    ) -> int | None:
+        """Store if the stored version is *version*; return the new one, or ``None``."""
+
+    @abstractmethod
+    async def _delete_if(self, session_id: str, version: int) -> bool:
+        """Delete if the stored version is *version*; return whether it did."""
+
+    async def read_versioned(self, session_id: str) -> Versioned:
+        self._check(session_id)
+        await checkpoint_if_cancelled()
+        try:
+            found = await self._load_versioned(session_id)
+        except _CONTRACT_ERRORS:
+            raise
+        except Exception as exc:
+            raise self._failure("load", exc) from exc
+        if not self._hooks_yield:
+            await cancel_shielded_checkpoint()
+        if found is None:
+            raise SessionNotFound()
+        return Versioned(*found)
+
+    async def write_bytes_if(
+        self, session_id: str, data: bytes, *, version: int | None, ttl: float | None = None
+    ) -> int:
+        self._check(session_id)
+        check_ttl(ttl)
+        _check_version(version, allow_none=True)
+        data = self._check_data(data)
+        await checkpoint_if_cancelled()
+        try:
+            new_version = await self._store_if(session_id, data, ttl, version)
+        except _CONTRACT_ERRORS:
+            raise
+        except Exception as exc:
+            raise self._failure("store", exc) from exc
+        if not self._hooks_yield:
+            await cancel_shielded_checkpoint()
+        if new_version is None:
+            raise WriteConflict()
+        return new_version
+
+    async def invalidate_if(self, session_id: str, *, version: int) -> None:
+        self._check(session_id)
+        _check_version(version, allow_none=False)
+        await checkpoint_if_cancelled()
+        try:
+            deleted = await self._delete_if(session_id, version)
+        except _CONTRACT_ERRORS:
+            raise
+        except Exception as exc:
+            raise self._failure("delete", exc) from exc
+        if not self._hooks_yield:
+            await cancel_shielded_checkpoint()
+        if not deleted:
+            raise WriteConflict()
+
+
+def _check_version(version: int | None, *, allow_none: bool) -> None:
+    if version is None and allow_none:
+        return
+    if isinstance(version, bool) or not isinstance(version, int) or version < 1:
+        expected = "a positive int or None" if allow_none else "a positive int"
+        raise TypeError(f"version must be {expected} (got {version!r})")

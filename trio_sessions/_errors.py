@@ -7,6 +7,7 @@ __all__ = [
     "SessionNotFound",
     "SessionTooLarge",
     "StorageError",
+    "WriteConflict",
 ]
 
 
@@ -42,3 +43,17 @@ class StorageError(Exception):
 
     The original exception is kept as ``__cause__``.
     """
+
+
+class WriteConflict(Exception):
+    """A conditional write or delete found another version than the one it expected.
+
+    Raised by :meth:`~trio_sessions.ConditionalStorage.write_bytes_if` and
+    :meth:`~trio_sessions.ConditionalStorage.invalidate_if` when the session was
+    written, invalidated or expired since its version was read (or, for a write
+    expecting no value, when one exists). Nothing was changed. It is the expected
+    outcome of a lost race, not a backend failure, so it is not a `StorageError`.
+    """
+
+    def __init__(self, message: str = "the stored version is not the expected one") -> None:
+        super().__init__(message)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import heapq
+import itertools
 import math
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -11,7 +12,7 @@ from typing import final
 import trio
 
 from .._abc import DEFAULT_MAX_SIZE
-from .._base import StorageBase
+from .._base import ConditionalBase
 
 __all__ = ["MemoryStorage", "MemoryStorageStatistics"]
 
@@ -33,7 +34,7 @@ class MemoryStorageStatistics:
 
 
 @final
-class MemoryStorage(StorageBase):
+class MemoryStorage(ConditionalBase):
     """Sessions in this process's memory.
 
     Args:
@@ -59,8 +60,10 @@ class MemoryStorage(StorageBase):
             raise ValueError(f"max_entries must be a positive int or None (got {max_entries!r})")
         self._max_entries = max_entries
         self._clock = clock
-        # id -> (payload, expires_at); insertion order is recency order when LRU is on.
-        self._entries: dict[str, tuple[bytes, float]] = {}
+        # id -> (payload, expires_at, version); insertion order is recency order when LRU
+        # is on. Versions come from one counter, so a version is never reused.
+        self._entries: dict[str, tuple[bytes, float, int]] = {}
+        self._versions = itertools.count(1)
         self._expiry: list[tuple[float, str]] = []
         self._bytes = 0
         self._expirations = 0
@@ -85,31 +88,61 @@ class MemoryStorage(StorageBase):
         self._expire(self._clock())
         return self._expirations - before
 
-    async def _load(self, session_id: str) -> bytes | None:
+    async def _load(self, session_id: str) -> bytes | None:  # noqa: ASYNC910
+        entry = self._live(session_id)
+        return None if entry is None else entry[0]
+
+    async def _load_versioned(self, session_id: str) -> tuple[bytes, int] | None:  # noqa: ASYNC910
+        entry = self._live(session_id)
+        return None if entry is None else (entry[0], entry[2])
+
+    async def _store(self, session_id: str, data: bytes, ttl: float | None) -> None:  # noqa: ASYNC910
+        self._put(session_id, data, ttl)
+
+    async def _store_if(  # noqa: ASYNC910
+        self, session_id: str, data: bytes, ttl: float | None, version: int | None
+    ) -> int | None:
+        entry = self._live(session_id)
+        if (None if entry is None else entry[2]) != version:
+            return None
+        return self._put(session_id, data, ttl)
+
+    async def _delete(self, session_id: str) -> None:  # noqa: ASYNC910
+        self._remove(session_id)
+
+    async def _delete_if(self, session_id: str, version: int) -> bool:  # noqa: ASYNC910
+        entry = self._live(session_id)
+        if entry is None or entry[2] != version:
+            return False
+        self._remove(session_id)
+        return True
+
+    def _live(self, session_id: str) -> tuple[bytes, float, int] | None:
         entry = self._entries.get(session_id)
         if entry is None:
-            return None  # noqa: ASYNC910
+            return None
         if entry[1] is not _NEVER and entry[1] <= self._clock():
             self._remove(session_id)
             self._expirations += 1
-            return None  # noqa: ASYNC910
+            return None
         if self._max_entries is not None:
             # Most recently used goes last.
             del self._entries[session_id]
             self._entries[session_id] = entry
-        return entry[0]  # noqa: ASYNC910
+        return entry
 
-    async def _store(self, session_id: str, data: bytes, ttl: float | None) -> None:  # noqa: ASYNC910
+    def _put(self, session_id: str, data: bytes, ttl: float | None) -> int:
         entries = self._entries
         old = entries.pop(session_id, None)
         if old is not None:
             self._bytes -= len(old[0])
+        version = next(self._versions)
         if ttl is None:
-            entries[session_id] = (data, _NEVER)
+            entries[session_id] = (data, _NEVER, version)
         else:
             now = self._clock()
             expires_at = now + ttl
-            entries[session_id] = (data, expires_at)
+            entries[session_id] = (data, expires_at, version)
             heapq.heappush(self._expiry, (expires_at, session_id))
             self._expire(now)
         self._bytes += len(data)
@@ -117,9 +150,7 @@ class MemoryStorage(StorageBase):
             while len(entries) > self._max_entries:
                 self._remove(next(iter(entries)))
                 self._evictions += 1
-
-    async def _delete(self, session_id: str) -> None:  # noqa: ASYNC910
-        self._remove(session_id)
+        return version
 
     async def _close(self) -> None:  # noqa: ASYNC910
         self._entries.clear()
