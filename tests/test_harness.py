@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import math
 from collections.abc import Callable
 from typing import Any
@@ -11,6 +12,7 @@ import trio
 
 from trio_sessions import MemoryStorage, check_session_id
 from trio_sessions._abc import Provider
+from trio_sessions._base import ConditionalBase
 from trio_sessions.testing import CHECKS, ManualClock, check_storage
 
 from .dict_storage import DictStorage
@@ -121,3 +123,78 @@ def test_manual_clock_only_moves_forward() -> None:
     assert clock() == 12.5
     with pytest.raises(ValueError, match="forward"):
         clock.advance(-1)
+
+
+class CheckThenWriteStorage(ConditionalBase):
+    """Compare-and-set as a read, a pause, then a write: not atomic."""
+
+    def __init__(self, *, clock: Callable[[], float]) -> None:
+        super().__init__()
+        self.clock = clock
+        self.data: dict[str, tuple[bytes, float, int]] = {}
+        self.versions = itertools.count(1)
+
+    def live(self, session_id: str) -> tuple[bytes, float, int] | None:
+        entry = self.data.get(session_id)
+        return entry if entry is not None and entry[1] > self.clock() else None
+
+    async def _load(self, session_id: str) -> bytes | None:
+        await trio.lowlevel.checkpoint()
+        entry = self.live(session_id)
+        return None if entry is None else entry[0]
+
+    async def _load_versioned(self, session_id: str) -> tuple[bytes, int] | None:
+        await trio.lowlevel.checkpoint()
+        entry = self.live(session_id)
+        return None if entry is None else (entry[0], entry[2])
+
+    async def _store(self, session_id: str, data: bytes, ttl: float | None) -> None:
+        await trio.lowlevel.checkpoint()
+        expires = math.inf if ttl is None else self.clock() + ttl
+        self.data[session_id] = (data, expires, next(self.versions))
+
+    async def _store_if(
+        self, session_id: str, data: bytes, ttl: float | None, version: int | None
+    ) -> int | None:
+        entry = self.live(session_id)
+        if (None if entry is None else entry[2]) != version:
+            await trio.lowlevel.checkpoint()
+            return None
+        await self._store(session_id, data, ttl)  # another task may run in between
+        return self.data[session_id][2]
+
+    async def _delete(self, session_id: str) -> None:
+        await trio.lowlevel.checkpoint()
+        self.data.pop(session_id, None)
+
+    async def _delete_if(self, session_id: str, version: int) -> bool:
+        entry = self.live(session_id)
+        if entry is None or entry[2] != version:
+            await trio.lowlevel.checkpoint()
+            return False
+        await self._delete(session_id)
+        return True
+
+
+async def test_non_atomic_compare_and_set_is_caught() -> None:
+    assert await failed_checks(CheckThenWriteStorage, "conditional") == {"conditional"}
+    # The same storage passes every check of the plain contract.
+    plain = [name for name in CHECKS if name != "conditional"]
+    assert await failed_checks(CheckThenWriteStorage, *plain) == set()
+
+
+async def test_conditional_check_is_skipped_with_a_reason_without_the_capability() -> None:
+    with trio.fail_after(60):
+        report = await check_storage(lambda clock: DictStorage(clock=clock), checks=["conditional"])
+    (result,) = report.results
+    assert result.passed
+    assert result.skipped is not None
+    assert "DictStorage offers no conditional writes" in result.skipped
+    assert "SKIP  conditional" in report.format()
+
+
+def test_every_check_has_its_pytest_method() -> None:
+    from trio_sessions.testing import StorageConformance
+
+    missing = [name for name in CHECKS if not hasattr(StorageConformance, f"test_{name}")]
+    assert missing == []

@@ -34,7 +34,7 @@ from typing import Any, ClassVar
 
 import trio
 
-from ._checks import CHECKS, ManualClock, StorageFactory
+from ._checks import CHECKS, ManualClock, NotApplicable, StorageFactory
 from ._checks import Context as _Context
 
 __all__ = [
@@ -59,6 +59,8 @@ class CheckResult:
     error: str | None = None
     #: The failing input, shrunk by hypothesis where the check is property-based.
     example: str | None = None
+    #: Why the check did not apply (an optional capability the storage lacks).
+    skipped: str | None = None
 
 
 @dataclass(frozen=True)
@@ -77,8 +79,10 @@ class ConformanceReport:
         """A readable report: one line per check, details for failures."""
         lines = []
         for result in self.results:
-            mark = "PASS" if result.passed else "FAIL"
+            mark = "SKIP" if result.skipped else "PASS" if result.passed else "FAIL"
             lines.append(f"{mark}  {result.name:<24} {result.description}")
+            if result.skipped:
+                lines.append(f"      {result.skipped}")
             if not result.passed:
                 if result.example:
                     lines.append(f"      failing example: {result.example}")
@@ -122,6 +126,8 @@ def _run_check(name: str, ctx: _Context) -> CheckResult:
     ctx.example = None
     try:
         check(ctx)
+    except NotApplicable as reason:
+        return CheckResult(name, description, True, skipped=str(reason))
     except Exception:
         return CheckResult(name, description, False, traceback.format_exc(), ctx.example)
     return CheckResult(name, description, True)
@@ -187,7 +193,12 @@ class StorageConformance:
 
     def _check(self, name: str) -> None:
         ctx = _Context(self.open_storage, self.clock_controlled, self.max_examples, trio.run)
-        CHECKS[name](ctx)
+        try:
+            CHECKS[name](ctx)
+        except NotApplicable as reason:
+            import pytest
+
+            pytest.skip(str(reason))
 
     def test_errors_and_checkpoints(self) -> None:
         self._check("errors_and_checkpoints")
@@ -212,3 +223,7 @@ class StorageConformance:
 
     def test_concurrency(self) -> None:
         self._check("concurrency")
+
+    def test_conditional(self) -> None:
+        """Skipped, with the reason, for a storage without conditional writes."""
+        self._check("conditional")
