@@ -4,18 +4,24 @@
 with PX, DEL, PEXPIRE and Lua scripts). `driver_for` picks the driver from the client's
 type, and `connect` creates (and later closes) a client from a URL. Neither client is
 imported unless it is used: both are optional dependencies.
+
+A driver can pipeline automatically (`AutoPipeline`): while one command is in flight,
+the commands that other tasks issue go out together, as one non-atomic batch, at the end
+of the scheduler tick in which they were issued.
 """
 
 from __future__ import annotations
 
+import copy
 import hashlib
 import sys
 import urllib.parse
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from contextlib import AsyncExitStack, asynccontextmanager
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Literal, Protocol, final
 
+import outcome
 import trio
 
 from .._base import collapse_group
@@ -25,12 +31,24 @@ if TYPE_CHECKING:
     import coredis
     import glide
 
-__all__ = ["DRIVERS", "Driver", "DriverName", "LuaScript", "connect", "driver_for"]
+__all__ = [
+    "DRIVERS",
+    "AutoPipeline",
+    "Driver",
+    "DriverName",
+    "LuaScript",
+    "RedisStorageStatistics",
+    "connect",
+    "driver_for",
+]
 
 DriverName = Literal["glide", "coredis"]
 DRIVERS: tuple[DriverName, ...] = ("glide", "coredis")
 
 _EXTRA = {"glide": "redis-glide", "coredis": "redis-coredis"}
+
+#: Default for the most commands one batch carries.
+DEFAULT_MAX_BATCH = 128
 
 
 @dataclass(frozen=True)
@@ -43,6 +61,46 @@ class LuaScript:
     def __post_init__(self) -> None:
         digest = hashlib.sha1(self.source.encode(), usedforsecurity=False).hexdigest()
         object.__setattr__(self, "sha1", digest)
+
+
+@final
+@dataclass(frozen=True, slots=True)
+class RedisStorageStatistics:
+    """What `RedisStorage.statistics` reports: how commands went to the server."""
+
+    #: Commands sent on their own: nothing else was in flight, or nothing else was ready.
+    direct: int
+    #: Batches sent, each carrying the commands that tasks issued in one scheduler tick.
+    batches: int
+    #: Commands sent in those batches.
+    batched: int
+    #: ``(size, count)`` pairs: how many batches carried each number of commands.
+    batch_sizes: tuple[tuple[int, int], ...]
+    #: Commands whose caller was cancelled before they were sent: they never were.
+    withdrawn: int
+    #: Replies dropped because their caller was cancelled while the command was in flight
+    #: (the command may have run).
+    dropped: int
+
+    @property
+    def commands(self) -> int:
+        """Commands sent, alone or in batches."""
+        return self.direct + self.batched
+
+    @property
+    def mean_batch(self) -> float:
+        """Commands per batch, on average (0.0 before the first batch)."""
+        return self.batched / self.batches if self.batches else 0.0
+
+
+# A command: (kind, key, two arguments). Kinds are small ints, compared by identity.
+_GET, _SET, _DELETE, _PEXPIRE, _EVAL = range(5)
+Command = tuple[int, bytes, Any, Any]
+Reply = outcome.Outcome[object]
+
+
+class _NoScript(Exception):
+    """A batched EVALSHA found the server without the script (it restarted)."""
 
 
 class Driver(Protocol):
@@ -62,46 +120,267 @@ class Driver(Protocol):
     async def eval(self, script: LuaScript, keys: Sequence[bytes], args: Sequence[bytes]) -> object:
         """Run *script* (EVALSHA, loading it first if the server lost it)."""
 
+    def statistics(self) -> RedisStorageStatistics: ...
+
+
+class _Waiter:
+    """One task's command waiting in a batch; ``task`` is ``None`` once it left."""
+
+    __slots__ = ("command", "task")
+
+    def __init__(self, command: Command, task: trio.lowlevel.Task) -> None:
+        self.command = command
+        self.task: trio.lowlevel.Task | None = task
+
+
+@final
+class AutoPipeline:
+    """Sends the commands of concurrent tasks together, one batch per scheduler tick.
+
+    A command issued while nothing is in flight goes out at once, alone: a lone task
+    pays nothing. Otherwise it joins the open batch, which a short-lived task sends one
+    tick later, when every task that was ready in that tick has added its command
+    (up to *max_batch* commands; a full batch goes out and a new one opens).
+
+    The batch is sent and awaited by a system task of its own, not by any caller, so a
+    caller that is cancelled only leaves: before its batch is sent, its command is never
+    sent; after, its reply is dropped. No other caller is affected, and no reply can go
+    to anyone but the caller of its command.
+    """
+
+    def __init__(
+        self,
+        send_one: Callable[[Command], Awaitable[object]],
+        send_batch: Callable[[list[Command]], Awaitable[list[Reply]]],
+        *,
+        max_batch: int = DEFAULT_MAX_BATCH,
+    ) -> None:
+        self._send_one = send_one
+        self._send_batch = send_batch
+        self._max_batch = max_batch
+        self._in_flight = 0
+        self._open: list[_Waiter] | None = None
+        self._direct = 0
+        self._batches = 0
+        self._batched = 0
+        self._sizes: dict[int, int] = {}
+        self._withdrawn = 0
+        self._dropped = 0
+
+    def statistics(self) -> RedisStorageStatistics:
+        return RedisStorageStatistics(
+            direct=self._direct,
+            batches=self._batches,
+            batched=self._batched,
+            batch_sizes=tuple(sorted(self._sizes.items())),
+            withdrawn=self._withdrawn,
+            dropped=self._dropped,
+        )
+
+    async def call(self, command: Command) -> object:
+        if not self._in_flight and self._open is None:
+            self._direct += 1
+            self._in_flight += 1
+            try:
+                return await self._send_one(command)
+            finally:
+                self._in_flight -= 1
+        batch = self._open
+        if batch is None:
+            batch = self._open = []
+            trio.lowlevel.spawn_system_task(self._flush, batch, name="trio_sessions.redis.batch")
+        waiter = _Waiter(command, trio.lowlevel.current_task())
+        batch.append(waiter)
+        if len(batch) >= self._max_batch:
+            self._open = None  # full: its task sends it as it is; the next command opens one
+
+        def abort(_: object) -> trio.lowlevel.Abort:
+            waiter.task = None
+            return trio.lowlevel.Abort.SUCCEEDED
+
+        return await trio.lowlevel.wait_task_rescheduled(abort)
+
+    async def _flush(self, batch: list[_Waiter]) -> None:
+        # One tick after the batch opened: every task that was ready then has joined.
+        if self._open is batch:
+            self._open = None
+        waiters = [waiter for waiter in batch if waiter.task is not None]
+        self._withdrawn += len(batch) - len(waiters)
+        if not waiters:
+            return  # noqa: ASYNC910 (a task of its own: nobody to return to)
+        self._in_flight += 1
+        try:
+            if len(waiters) == 1:
+                self._direct += 1
+                replies = [await self._send_alone(waiters[0].command)]
+            else:
+                self._batches += 1
+                self._batched += len(waiters)
+                self._sizes[len(waiters)] = self._sizes.get(len(waiters), 0) + 1
+                replies = await self._send_batch([waiter.command for waiter in waiters])
+        except trio.Cancelled:
+            # Only the end of the run cancels this task; whoever still waits is told.
+            self._deliver_failure(waiters, StorageError("the event loop is shutting down"))
+            raise
+        except Exception as exc:
+            self._deliver_failure(waiters, exc)
+            return  # noqa: ASYNC910
+        finally:
+            self._in_flight -= 1
+        for waiter, reply in zip(waiters, replies, strict=True):
+            task, waiter.task = waiter.task, None
+            if task is None:
+                self._dropped += 1
+            else:
+                trio.lowlevel.reschedule(task, reply)
+
+    async def _send_alone(self, command: Command) -> Reply:
+        try:
+            return outcome.Value(await self._send_one(command))
+        except Exception as exc:
+            return outcome.Error(exc)  # noqa: ASYNC910 (it failed: no need)
+
+    def _deliver_failure(self, waiters: list[_Waiter], exc: BaseException) -> None:
+        for waiter in waiters:
+            task, waiter.task = waiter.task, None
+            if task is None:
+                self._dropped += 1
+            else:
+                # Each caller raises an exception of its own: one instance raised in
+                # several tasks would collect all their tracebacks.
+                trio.lowlevel.reschedule(task, outcome.Error(_clone(exc)))
+
+
+def _clone(exc: BaseException) -> BaseException:
+    """A fresh exception like *exc* (same type and message), caused by *exc*."""
+    try:
+        clone = copy.copy(exc)
+    except Exception:
+        clone = StorageError(f"the batch failed: {exc!r}")
+    if clone is exc:
+        clone = StorageError(f"the batch failed: {exc!r}")
+    clone.__traceback__ = None
+    clone.__cause__ = exc
+    return clone
+
+
+def _direct_statistics(commands: int) -> RedisStorageStatistics:
+    return RedisStorageStatistics(commands, 0, 0, (), 0, 0)
+
 
 @final
 class GlideDriver:
-    """valkey-glide's `GlideClient` or `GlideClusterClient` (Rust core, trio via anyio)."""
+    """valkey-glide's `GlideClient` or `GlideClusterClient` (Rust core, trio via anyio).
+
+    With *pipeline*, concurrent commands go out as non-atomic glide batches; in a
+    Cluster glide routes each command of a batch to the node that owns its key's slot.
+    """
 
     name: DriverName = "glide"
 
-    def __init__(self, client: glide.GlideClient | glide.GlideClusterClient) -> None:
+    def __init__(
+        self,
+        client: glide.GlideClient | glide.GlideClusterClient,
+        *,
+        pipeline: bool = True,
+        max_batch: int = DEFAULT_MAX_BATCH,
+    ) -> None:
         import glide
 
-        self._client = client
+        self._client: Any = client
         self._glide = glide
+        self._cluster = isinstance(client, glide.GlideClusterClient)
         self._scripts: dict[LuaScript, glide.Script] = {}
         self._expiries: dict[int, glide.ExpirySet] = {}  # building one costs a few us
+        self._commands = 0
+        self._pipeline: AutoPipeline | None = None
+        self._call: Callable[[Command], Awaitable[object]] = self._send_one
+        if pipeline:
+            self._pipeline = AutoPipeline(self._send_one, self._send_batch, max_batch=max_batch)
+            self._call = self._pipeline.call
+
+    def statistics(self) -> RedisStorageStatistics:
+        if self._pipeline is None:
+            return _direct_statistics(self._commands)
+        return self._pipeline.statistics()
 
     async def get(self, key: bytes) -> object:
-        return await self._client.get(key)
+        return await self._call((_GET, key, None, None))
 
     async def set(self, key: bytes, value: bytes, px: int | None) -> None:
-        expiry = None
-        if px is not None:
-            expiry = self._expiries.get(px)
-            if expiry is None:
-                if len(self._expiries) >= 64:
-                    self._expiries.clear()
-                expiry = self._glide.ExpirySet(self._glide.ExpiryType.MILLSEC, px)
-                self._expiries[px] = expiry
-        await self._client.set(key, value, expiry=expiry)
+        await self._call((_SET, key, value, px))
 
     async def delete(self, key: bytes) -> None:
-        await self._client.delete([key])
+        await self._call((_DELETE, key, None, None))
 
     async def pexpire(self, key: bytes, px: int) -> object:
-        return await self._client.pexpire(key, px)
+        return await self._call((_PEXPIRE, key, px, None))
 
     async def eval(self, script: LuaScript, keys: Sequence[bytes], args: Sequence[bytes]) -> object:
+        command = (_EVAL, keys[0], script, (list(keys), list(args)))
+        try:
+            return await self._call(command)
+        except _NoScript:
+            # The batch's EVALSHA did not run: send it alone, which loads the script.
+            return await self._send_one(command)
+
+    def _expiry(self, px: int) -> glide.ExpirySet:
+        expiry = self._expiries.get(px)
+        if expiry is None:
+            if len(self._expiries) >= 64:
+                self._expiries.clear()
+            expiry = self._glide.ExpirySet(self._glide.ExpiryType.MILLSEC, px)
+            self._expiries[px] = expiry
+        return expiry
+
+    def _script(self, script: LuaScript) -> glide.Script:
         compiled = self._scripts.get(script)
         if compiled is None:
             compiled = self._scripts[script] = self._glide.Script(script.source)  # type: ignore[no-untyped-call]
-        return await self._client.invoke_script(compiled, keys=list(keys), args=list(args))
+        return compiled
+
+    async def _send_one(self, command: Command) -> object:
+        self._commands += 1
+        kind, key, a, b = command
+        client = self._client
+        if kind is _GET:
+            return await client.get(key)
+        if kind is _SET:
+            return await client.set(key, a, expiry=None if b is None else self._expiry(b))
+        if kind is _DELETE:
+            return await client.delete([key])
+        if kind is _PEXPIRE:
+            return await client.pexpire(key, a)
+        keys, args = b
+        return await client.invoke_script(self._script(a), keys=keys, args=args)
+
+    async def _send_batch(self, commands: list[Command]) -> list[Reply]:
+        self._commands += len(commands)
+        batch = (self._glide.ClusterBatch if self._cluster else self._glide.Batch)(False)
+        for kind, key, a, b in commands:
+            if kind is _GET:
+                batch.get(key)
+            elif kind is _SET:
+                batch.set(key, a, expiry=None if b is None else self._expiry(b))
+            elif kind is _DELETE:
+                batch.delete([key])
+            elif kind is _PEXPIRE:
+                batch.pexpire(key, a)
+            else:
+                keys, args = b
+                batch.custom_command([b"EVALSHA", a.sha1, b"%d" % len(keys), *keys, *args])
+        replies = await self._client.exec(batch, raise_on_error=False)
+        if not isinstance(replies, list) or len(replies) != len(commands):
+            raise StorageError(f"a batch of {len(commands)} commands got {replies!r} in reply")
+        result: list[Reply] = []
+        for (kind, _, _, _), reply in zip(commands, replies, strict=True):
+            if isinstance(reply, Exception):
+                if kind is _EVAL and "NoScript" in str(reply):
+                    reply = _NoScript(str(reply))
+                result.append(outcome.Error(reply))
+            else:
+                result.append(outcome.Value(reply))
+        return result
 
 
 @final
@@ -117,27 +396,38 @@ class CoredisDriver:
             raise ValueError("a coredis client for RedisStorage needs decode_responses=False")
         self._client = client
         self._no_script = NoScriptError
+        self._commands = 0
+
+    def statistics(self) -> RedisStorageStatistics:
+        return _direct_statistics(self._commands)
 
     async def get(self, key: bytes) -> object:
+        self._commands += 1
         return await self._client.get(key)
 
     async def set(self, key: bytes, value: bytes, px: int | None) -> None:
+        self._commands += 1
         await self._client.set(key, value, px=px)
 
     async def delete(self, key: bytes) -> None:
+        self._commands += 1
         await self._client.delete([key])
 
     async def pexpire(self, key: bytes, px: int) -> object:
+        self._commands += 1
         return await self._client.pexpire(key, px)
 
     async def eval(self, script: LuaScript, keys: Sequence[bytes], args: Sequence[bytes]) -> object:
+        self._commands += 1
         try:
             return await self._client.evalsha(script.sha1, keys, args)
         except self._no_script:
             return await self._client.eval(script.source, keys, args)
 
 
-def driver_for(client: object) -> Driver:
+def driver_for(
+    client: object, *, pipeline: bool = True, max_batch: int = DEFAULT_MAX_BATCH
+) -> Driver:
     """The driver for *client*, from its type; `TypeError` for anything else.
 
     Only a module that is already imported can have made *client*, so this imports
@@ -145,7 +435,7 @@ def driver_for(client: object) -> Driver:
     """
     glide = sys.modules.get("glide")
     if glide is not None and isinstance(client, glide.GlideClient | glide.GlideClusterClient):
-        return GlideDriver(client)
+        return GlideDriver(client, pipeline=pipeline, max_batch=max_batch)
     coredis = sys.modules.get("coredis")
     if coredis is not None and isinstance(client, coredis.Redis | coredis.RedisCluster):
         return CoredisDriver(client)
