@@ -6,18 +6,34 @@ One private server serves the module; each test uses its own prefix.
 
 from __future__ import annotations
 
+import contextlib
+import os
+import random
 import secrets
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from contextlib import asynccontextmanager
 from typing import Any
 
 import pytest
 import trio
 
-from trio_sessions import InvalidSessionId, SessionNotFound, StorageError
-from trio_sessions.storages.redis import CHUNK_SIZE, RedisStorage, open_redis_storage
+from trio_sessions import (
+    InvalidSessionId,
+    SessionNotFound,
+    StorageError,
+    Versioned,
+    WriteConflict,
+)
+from trio_sessions.storages.redis import (
+    CHUNK_SIZE,
+    HEADER_SIZE,
+    MAGIC,
+    RedisStorage,
+    RedisStorageStatistics,
+    open_redis_storage,
+)
 
-from .redis_servers import RedisServer, free_port, redis_server, require_module
+from .redis_servers import RedisServer, free_port, redis_cluster, redis_server, require_module
 
 DRIVERS = ["glide", "coredis"]
 OPTIONS: dict[str, dict[str, Any]] = {"glide": {"request_timeout": 10_000}, "coredis": {}}
@@ -28,6 +44,12 @@ BIG = bytes(range(256)) * (3 * CHUNK_SIZE // 256 + 7)  # several chunks
 def redis_single() -> Iterator[RedisServer]:
     with redis_server() as server:
         yield server
+
+
+@pytest.fixture(scope="module")
+def redis_cluster_nodes() -> Iterator[list[RedisServer]]:
+    with redis_cluster(3) as servers:
+        yield servers
 
 
 @pytest.fixture(params=DRIVERS)
@@ -48,6 +70,21 @@ async def opened(server: RedisServer, driver: str, **kwargs: Any) -> AsyncIterat
         **kwargs,
     ) as storage:
         yield storage
+
+
+async def read_all(stream: trio.abc.ReceiveStream) -> bytes:
+    parts = []
+    while chunk := await stream.receive_some():
+        parts.append(chunk)
+    return b"".join(parts)
+
+
+def provider_of(value: bytes) -> Callable[[trio.abc.SendStream], Awaitable[None]]:
+    async def send(stream: trio.abc.SendStream) -> None:
+        for start in range(0, len(value), 30_000):
+            await stream.send_all(value[start : start + 30_000])
+
+    return send
 
 
 async def keys(server: RedisServer, pattern: str) -> list[bytes]:
@@ -290,3 +327,399 @@ async def test_errors_in_the_block_propagate_as_themselves(
             await fails()
         with pytest.raises(SessionNotFound):
             await misses()
+
+
+# ----------------------------------------------------------- versions and conditional writes
+
+
+async def test_every_value_carries_a_version_that_every_write_replaces(
+    redis_single: RedisServer, redis_driver: str
+) -> None:
+    with trio.fail_after(30):
+        async with opened(redis_single, redis_driver) as storage:
+            sid = "versioned"
+            seen: set[int] = set()
+
+            async def stored() -> bytes:
+                reply = await trio.to_thread.run_sync(redis_single.command, "GET", storage.key(sid))
+                assert isinstance(reply, bytes)
+                return reply
+
+            async def version_is_new(data: bytes) -> int:
+                found = await storage.read_versioned(sid)
+                assert found.data == data
+                assert found.version not in seen
+                assert 1 <= found.version < 2**63
+                seen.add(found.version)
+                raw = await stored()
+                assert raw == MAGIC + found.version.to_bytes(8, "big") + data
+                assert len(raw) == HEADER_SIZE + len(data)
+                return found.version
+
+            await storage.write_bytes(sid, b"plain", ttl=60)
+            assert await storage.read_bytes(sid) == b"plain"  # the header stays inside
+            await version_is_new(b"plain")
+
+            async def provider(stream: trio.abc.SendStream) -> None:
+                await stream.send_all(BIG)
+
+            await storage.write(sid, provider, ttl=60)  # streamed, renamed into place
+            await version_is_new(BIG)
+            assert await storage.read(sid, read_all) == BIG
+            version = await storage.write_bytes_if(sid, b"cas", version=max(seen, key=lambda v: v))
+            assert await version_is_new(b"cas") == version
+            # A value of exactly one chunk comes back whole from a streaming read.
+            await storage.write_bytes(sid, BIG[:CHUNK_SIZE])
+            assert await storage.read(sid, read_all) == BIG[:CHUNK_SIZE]
+            await version_is_new(BIG[:CHUNK_SIZE])
+            # Sliding the expiry is not a write: the version stays.
+            before = (await storage.read_versioned(sid)).version
+            assert await storage.touch(sid, 60)
+            assert (await storage.read_versioned(sid)).version == before
+            await storage.write_bytes(sid, b"")
+            assert await storage.read_bytes(sid) == b""
+            await version_is_new(b"")
+
+
+async def test_values_written_without_a_header_stay_readable(
+    redis_single: RedisServer, redis_driver: str
+) -> None:
+    """A value stored before values had versions: read as it is, versioned on demand."""
+    with trio.fail_after(30):
+        async with opened(redis_single, redis_driver) as storage:
+
+            async def legacy(sid: str, value: bytes, *ttl: str | int) -> bytes:
+                key = storage.key(sid)
+                await trio.to_thread.run_sync(redis_single.command, "SET", key, value, *ttl)
+                return key
+
+            key = await legacy("old-small", b'{"user": "alice"}', "PX", 30_000)
+            assert await storage.read_bytes("old-small") == b'{"user": "alice"}'
+            assert await storage.read("old-small", read_all) == b'{"user": "alice"}'
+            with pytest.raises(WriteConflict):  # a value is stored: creating it conflicts
+                await storage.write_bytes_if("old-small", b"x", version=None)
+            found = await storage.read_versioned("old-small")
+            assert found.data == b'{"user": "alice"}'
+            # It now carries a header, and kept its ttl.
+            raw = await trio.to_thread.run_sync(redis_single.command, "GET", key)
+            assert raw == MAGIC + found.version.to_bytes(8, "big") + b'{"user": "alice"}'
+            assert 0 < await pttl(redis_single, key) <= 30_000
+            assert (await storage.read_versioned("old-small")).version == found.version
+            await storage.write_bytes_if("old-small", b"new", version=found.version)
+            assert await storage.read_bytes("old-small") == b"new"
+
+            await legacy("old-big", BIG)
+            assert await storage.read_bytes("old-big") == BIG
+            assert await storage.read("old-big", read_all) == BIG
+            assert (await storage.read_versioned("old-big")).data == BIG
+            assert await storage.read("old-big", read_all) == BIG
+            await legacy("old-short", b"\xfe\x01abc")  # looks like a header but is too short
+            assert await storage.read_bytes("old-short") == b"\xfe\x01abc"
+            assert (await storage.read_versioned("old-short")).data == b"\xfe\x01abc"
+
+
+async def test_compare_and_set_has_one_winner_across_clients(
+    redis_single: RedisServer, redis_driver: str
+) -> None:
+    """Tasks of two storages (as two processes would) race with the same version."""
+    rounds, racers = 20, 24
+    with trio.fail_after(60):
+        async with (
+            opened(redis_single, redis_driver, prefix="race:") as one,
+            opened(redis_single, redis_driver, prefix="race:") as two,
+        ):
+            sid = "raced"
+            for round_ in range(rounds):
+                await one.write_bytes(sid, b"base")
+                version = (await two.read_versioned(sid)).version
+                winners: list[tuple[bytes, int]] = []
+                conflicts = 0
+
+                async def racer(n: int, storage: RedisStorage) -> None:
+                    nonlocal conflicts
+                    value = f"{round_}:{n}".encode()  # noqa: B023
+                    try:
+                        new = await storage.write_bytes_if(sid, value, version=version)  # noqa: B023
+                    except WriteConflict:
+                        conflicts += 1
+                    else:
+                        winners.append((value, new))  # noqa: B023
+
+                async with trio.open_nursery() as nursery:
+                    for n in range(racers):
+                        nursery.start_soon(racer, n, (one, two)[n % 2])
+                assert len(winners) == 1
+                assert conflicts == racers - 1
+                found = await one.read_versioned(sid)
+                assert (found.data, found.version) == winners[0]
+            for storage in (one, two):
+                assert storage.statistics().commands > 0
+
+
+async def test_logout_racing_conditional_writes_is_never_undone(
+    redis_single: RedisServer, redis_driver: str
+) -> None:
+    """Whatever order the server sees them in, after an invalidate the session is gone."""
+    rounds = 40
+    with trio.fail_after(60):
+        async with (
+            opened(redis_single, redis_driver, prefix="logout:") as app,
+            opened(redis_single, redis_driver, prefix="logout:") as other,
+        ):
+            rng = random.Random(f"logout-{redis_driver}")
+            survived = 0
+            for round_ in range(rounds):
+                sid = f"logout-{round_}"
+                await app.write_bytes(sid, b"user=alice", ttl=60)
+                version = (await app.read_versioned(sid)).version
+                written: list[int] = []
+
+                async def writer(storage: RedisStorage, n: int) -> None:
+                    for _ in range(rng.randint(0, 3)):
+                        await trio.lowlevel.checkpoint()
+                    expected = version  # noqa: B023
+                    for _ in range(3):  # write, then keep writing on top of its own write
+                        try:
+                            expected = await storage.write_bytes_if(
+                                sid,  # noqa: B023
+                                f"user=alice;n={n}".encode(),
+                                version=expected,
+                                ttl=60,
+                            )
+                        except WriteConflict:
+                            return
+                        written.append(n)  # noqa: B023
+
+                async def logout() -> None:
+                    for _ in range(rng.randint(0, 3)):
+                        await trio.lowlevel.checkpoint()
+                    await app.invalidate(sid)  # noqa: B023
+
+                async with trio.open_nursery() as nursery:
+                    for n in range(6):
+                        nursery.start_soon(writer, (app, other)[n % 2], n)
+                    nursery.start_soon(logout)
+                survived += bool(written)
+                for storage in (app, other):
+                    with pytest.raises(SessionNotFound):
+                        await storage.read_bytes(sid)
+                    with pytest.raises(SessionNotFound):
+                        await storage.read_versioned(sid)
+                with pytest.raises(WriteConflict):
+                    await other.write_bytes_if(sid, b"late", version=version)
+    print(f"\n{redis_driver}: {rounds} logouts, {survived} raced a successful write, 0 undone")
+
+
+async def test_conditional_writes_keep_their_ttl_rules(
+    redis_single: RedisServer, redis_driver: str
+) -> None:
+    with trio.fail_after(30):
+        async with opened(redis_single, redis_driver) as storage:
+            version = await storage.write_bytes_if("ttl", b"a", version=None, ttl=20)
+            assert 0 < await pttl(redis_single, storage.key("ttl")) <= 20_000
+            version = await storage.write_bytes_if("ttl", b"b", version=version)  # no ttl
+            assert await pttl(redis_single, storage.key("ttl")) == -1
+            await storage.write_bytes_if("ttl", b"c", version=version, ttl=0.2)
+            await trio.sleep(0.5)
+            with pytest.raises(WriteConflict):
+                await storage.write_bytes_if("ttl", b"d", version=version)
+            with pytest.raises(SessionNotFound):
+                await storage.read_versioned("ttl")
+            await storage.write_bytes_if("ttl", b"e", version=None)  # expired means absent
+
+
+# ------------------------------------------------------------------------- pipelining
+
+
+async def test_a_lone_task_sends_every_command_directly(redis_single: RedisServer) -> None:
+    require_module("glide")
+    with trio.fail_after(30):
+        async with opened(redis_single, "glide") as storage:
+            for n in range(20):
+                await storage.write_bytes(f"lone-{n}", b"v")
+                assert await storage.read_bytes(f"lone-{n}") == b"v"
+                with pytest.raises(WriteConflict):
+                    await storage.write_bytes_if(f"lone-{n}", b"w", version=None)
+    stats = storage.statistics()
+    assert stats.batches == 0
+    assert stats.direct == stats.commands == 60
+
+
+async def test_concurrent_tasks_share_batches_and_each_gets_its_own_reply(
+    redis_single: RedisServer, redis_driver: str
+) -> None:
+    tasks, rounds = 100, 5
+    with trio.fail_after(60):
+        async with opened(redis_single, redis_driver) as storage:
+            wrong: list[str] = []
+
+            async def worker(n: int) -> None:
+                sid = f"own-{n}"
+                expected: int | None = None
+                for round_ in range(rounds):
+                    value = f"{n}:{round_}".encode() * (1 + n % 7)
+                    version = await storage.write_bytes_if(sid, value, version=expected)
+                    found = await storage.read_versioned(sid)
+                    if (found.data, found.version) != (value, version):
+                        wrong.append(f"{sid}: {found}")
+                    if await storage.read_bytes(sid) != value:
+                        wrong.append(sid)
+                    expected = version
+
+            async with trio.open_nursery() as nursery:
+                for n in range(tasks):
+                    nursery.start_soon(worker, n)
+            stats = storage.statistics()
+    assert wrong == []
+    print(f"\n{redis_driver}: {stats}")
+    assert stats.commands >= tasks * rounds * 3
+    if redis_driver == "glide":
+        assert stats.batches > 0
+        assert stats.batched > stats.direct  # most commands went in batches
+        assert max(size for size, _ in stats.batch_sizes) > 1
+
+
+async def test_batches_respect_max_batch_and_pipeline_false_sends_alone(
+    redis_single: RedisServer,
+) -> None:
+    require_module("glide")
+
+    async def run(**options: Any) -> RedisStorageStatistics:
+        async with opened(redis_single, "glide", **options) as storage:
+
+            async def worker(n: int) -> None:
+                await storage.write_bytes(f"b-{n}", b"%d" % n)
+                assert await storage.read_bytes(f"b-{n}") == b"%d" % n
+
+            async with trio.open_nursery() as nursery:
+                for n in range(30):
+                    nursery.start_soon(worker, n)
+            return storage.statistics()
+
+    with trio.fail_after(30):
+        small = await run(max_batch=4)
+        assert small.batches > 0
+        assert all(size <= 4 for size, _ in small.batch_sizes)
+        alone = await run(pipeline=False)
+        assert (alone.batches, alone.direct) == (0, 60)
+    for bad in (0, 1, 2.5, True, "8"):
+        with pytest.raises(ValueError, match="max_batch"):
+            async with opened(redis_single, "glide", max_batch=bad):
+                pass
+
+
+async def test_a_batched_script_survives_the_server_forgetting_it(
+    redis_single: RedisServer, redis_driver: str
+) -> None:
+    """After SCRIPT FLUSH (as after a restart), batched EVALSHAs fall back and succeed."""
+    with trio.fail_after(30):
+        async with opened(redis_single, redis_driver) as storage:
+            for n in range(20):
+                await storage.write_bytes(f"s-{n}", b"x")
+            versions = {
+                f"s-{n}": (await storage.read_versioned(f"s-{n}")).version for n in range(20)
+            }
+            await trio.to_thread.run_sync(redis_single.command, "SCRIPT", "FLUSH")
+
+            async def swap(sid: str) -> None:
+                versions[sid] = await storage.write_bytes_if(sid, b"y", version=versions[sid])
+
+            async with trio.open_nursery() as nursery:
+                for sid in versions:
+                    nursery.start_soon(swap, sid)
+            for sid, version in versions.items():
+                assert await storage.read_versioned(sid) == Versioned(b"y", version)
+
+
+async def test_random_cancellations_never_hand_a_reply_to_another_caller(
+    redis_single: RedisServer, redis_driver: str
+) -> None:
+    """Callers in a batch are cancelled at random: the others still get their own replies."""
+    goal = int(os.environ.get("TRIO_SESSIONS_REDIS_CANCELS", "2000"))
+    tasks = 32
+    wrong: list[str] = []
+    cancelled = completed = 0
+    with trio.fail_after(120):
+        async with opened(redis_single, redis_driver) as storage:
+            for n in range(tasks):
+                await storage.write_bytes(f"mine-{n}", b"%d" % n)
+            rng = random.Random(f"pipeline-cancel-{redis_driver}")
+
+            async def worker(n: int) -> None:
+                nonlocal cancelled, completed
+                sid, mine = f"mine-{n}", b"%d" % n
+                task_rng = random.Random(rng.random())
+                while cancelled < goal:
+                    with trio.CancelScope() as scope:
+                        if task_rng.random() < 0.5:
+                            # Cancelled while queued for a batch, or while it is in flight.
+                            scope.deadline = trio.current_time() + task_rng.choice(
+                                [0, 1e-5, 1e-4, 3e-4, 1e-3]
+                            )
+                        kind = task_rng.random()
+                        if kind < 0.4:
+                            value = await storage.read_bytes(sid)
+                        elif kind < 0.7:
+                            value = (await storage.read_versioned(sid)).data
+                        elif kind < 0.9:
+                            await storage.write_bytes(sid, mine)
+                            value = mine
+                        else:
+                            version = (await storage.read_versioned(sid)).version
+                            with contextlib.suppress(WriteConflict):
+                                await storage.write_bytes_if(sid, mine, version=version)
+                            value = mine
+                        if value != mine:
+                            wrong.append(f"{sid} got {value[:20]!r}")
+                        completed += 1
+                    if scope.cancelled_caught:
+                        cancelled += 1
+
+            async with trio.open_nursery() as nursery:
+                for n in range(tasks):
+                    nursery.start_soon(worker, n)
+            for n in range(tasks):  # still serving everyone, with the right values
+                assert await storage.read_bytes(f"mine-{n}") == b"%d" % n
+            stats = storage.statistics()
+    print(
+        f"\n{redis_driver}: {cancelled} cancelled, {completed} completed, {len(wrong)} wrong "
+        f"replies; {stats.withdrawn} commands withdrawn before sending, {stats.dropped} replies "
+        f"dropped; {stats.batches} batches (mean {stats.mean_batch:.1f})"
+    )
+    assert wrong == []
+    assert cancelled >= goal
+    if redis_driver == "glide":
+        assert stats.batches > 0
+        assert stats.withdrawn + stats.dropped > 0
+
+
+async def test_pipelining_in_a_cluster_routes_each_command_to_its_node(
+    redis_cluster_nodes: list[RedisServer],
+) -> None:
+    require_module("glide")
+    tasks = 60
+    with trio.fail_after(60):
+        async with open_redis_storage(
+            redis_cluster_nodes[0].url, driver="glide", cluster=True, **OPTIONS["glide"]
+        ) as storage:
+            wrong: list[str] = []
+
+            async def worker(n: int) -> None:
+                sid = f"cluster-{n}"
+                version = await storage.write_bytes_if(sid, b"a%d" % n, version=None)
+                version = await storage.write_bytes_if(sid, b"b%d" % n, version=version)
+                if await storage.read_versioned(sid) != Versioned(b"b%d" % n, version):
+                    wrong.append(sid)
+                await storage.write(sid, provider_of(BIG + b"%d" % n))
+                if await storage.read(sid, read_all) != BIG + b"%d" % n:
+                    wrong.append(sid)
+                await storage.invalidate(sid)
+
+            async with trio.open_nursery() as nursery:
+                for n in range(tasks):
+                    nursery.start_soon(worker, n)
+            stats = storage.statistics()
+    assert wrong == []
+    # The sessions live on every node, and the batches carried commands for several.
+    assert stats.batches > 0
+    assert max(size for size, _ in stats.batch_sizes) > 3

@@ -1,4 +1,5 @@
-"""RedisStorage keeps the storage contract with both drivers, on one server and a Cluster.
+"""RedisStorage keeps the storage contract with both drivers, on one server and a Cluster,
+with glide's automatic pipelining on (the default) and off.
 
 One private server and one 3-master Cluster serve the whole module. Set
 ``TRIO_SESSIONS_REDIS_EXAMPLES`` to raise the examples per property-based check.
@@ -43,6 +44,7 @@ class _RedisConformance(StorageConformance):
     max_examples = EXAMPLES
     driver: ClassVar[str]
     cluster: ClassVar[bool]
+    pipeline: ClassVar[bool] = True
     url: str
 
     @pytest.fixture(autouse=True)
@@ -60,6 +62,7 @@ class _RedisConformance(StorageConformance):
             self.url,
             driver=self.driver,  # type: ignore[arg-type]
             cluster=self.cluster,
+            pipeline=self.pipeline,
             **CLIENT_OPTIONS[self.driver],
         )
 
@@ -67,6 +70,12 @@ class _RedisConformance(StorageConformance):
 class TestGlideSingle(_RedisConformance):
     driver = "glide"
     cluster = False
+
+
+class TestGlideSingleUnpipelined(_RedisConformance):
+    driver = "glide"
+    cluster = False
+    pipeline = False
 
 
 class TestCoredisSingle(_RedisConformance):

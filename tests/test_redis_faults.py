@@ -6,6 +6,10 @@
   the server is back, without reopening the storage.
 * Reads and writes are cancelled at random moments while other tasks keep going: no
   reply reaches the wrong caller, no partial value is ever read, no temporary key stays.
+* The server dies while a batch of commands is in flight: every caller in it gets
+  `StorageError`, and the same storage serves them all once the server is back.
+
+Operations include conditional writes (read the version, write if it is still the same).
 
 Counts go up with ``TRIO_SESSIONS_REDIS_RESTARTS`` and ``TRIO_SESSIONS_REDIS_CANCELS``.
 Each test prints its figures (``pytest -s`` shows them).
@@ -23,7 +27,7 @@ from typing import Any
 import pytest
 import trio
 
-from trio_sessions import SessionNotFound, StorageError
+from trio_sessions import SessionNotFound, StorageError, WriteConflict
 from trio_sessions.storages.redis import (
     CHUNK_SIZE,
     TEMPORARY_TTL_MS,
@@ -89,6 +93,7 @@ class Tally:
     ops: int = 0
     errors: int = 0
     cancelled: int = 0
+    conflicts: int = 0
     wrong: list[str] = field(default_factory=list)
     lost: list[str] = field(default_factory=list)
     unexpected: list[str] = field(default_factory=list)
@@ -127,7 +132,25 @@ async def one_operation(
     """Run one random operation on *key*, record what it may have done, judge reads."""
     roll = rng.random()
     attempt: bytes | None
-    if roll < 0.45:
+    if roll < 0.1:
+        # A conditional write: only this task writes this key, so it conflicts only if a
+        # write of this task that failed or was cancelled was applied after all.
+        try:
+            found = await storage.read_versioned(key.sid)
+        except SessionNotFound:
+            found_data, version = MISSING, None
+        else:
+            found_data, version = found.data, found.version
+        judge_read(key, found_data, tally)
+        attempt = make_value(key.task, key.index, seq, rng.choice([50, 700, 3000]))
+        key.unsure.append(attempt)
+        try:
+            await storage.write_bytes_if(key.sid, attempt, version=version)
+        except WriteConflict:
+            tally.conflicts += 1
+            return
+        key.acknowledged(attempt)
+    elif roll < 0.45:
         size = rng.choice([50, 700, 3000]) if rng.random() < 0.85 else 2 * CHUNK_SIZE + 99
         attempt = make_value(key.task, key.index, seq, size)
         key.unsure.append(attempt)  # in case it fails or is cancelled half-way
@@ -236,7 +259,8 @@ async def test_server_killed_and_restarted_under_load(redis_driver: str) -> None
     print(
         f"\n{redis_driver}: {server.starts - 1} restarts, {tally.ops} operations, "
         f"{tally.errors} StorageErrors, {len(tally.wrong)} wrong values, "
-        f"{len(tally.lost)} acknowledged writes lost; first task served again "
+        f"{len(tally.lost)} acknowledged writes lost, {tally.conflicts} conflicts; "
+        f"first task served again "
         f"{max(resumed_first):.3f} s (max) after the server's return, all {tasks} tasks "
         f"{max(resumed_all):.3f} s (max), {sum(resumed_all) / len(resumed_all):.3f} s (mean)"
     )
@@ -292,6 +316,7 @@ async def test_random_cancellation_never_mixes_replies(redis_driver: str) -> Non
     print(
         f"\n{redis_driver}: {tally.ops} operations, {tally.cancelled} cancelled, "
         f"{len(tally.wrong)} wrong or partial values, {len(tally.lost)} lost writes, "
+        f"{tally.conflicts} conflicts, "
         f"{len(tally.unexpected)} errors, {len(temporary)} temporary keys left (expiring)"
     )
     assert tally.cancelled >= CANCELS
@@ -301,3 +326,61 @@ async def test_random_cancellation_never_mixes_replies(redis_driver: str) -> Non
     # Cancelled streaming writes and reads delete their temporary keys; one whose last
     # command was still in flight on another connection may reappear, with its short ttl.
     assert all(isinstance(ttl, int) and 0 < ttl <= TEMPORARY_TTL_MS for ttl in ttls), ttls
+
+
+# ------------------------------------------------------------- a batch in flight
+
+
+async def test_server_killed_while_a_batch_is_in_flight(redis_driver: str) -> None:
+    """The server stops answering, then dies: every caller waiting in the batch gets
+    `StorageError`; after the restart the same storage serves every one of them."""
+    tasks = 40
+    options: dict[str, Any] = {"request_timeout": 10_000} if redis_driver == "glide" else {}
+    outcomes: dict[int, str] = {}
+    with (
+        redis_server(appendonly="yes", appendfsync="always") as server,
+        trio.fail_after(120),
+    ):
+        async with open_redis_storage(server.url, driver=redis_driver, **options) as storage:  # type: ignore[arg-type]
+            for n in range(tasks):
+                await storage.write_bytes(f"batch-{n}", b"%d" % n)
+            # The server takes the commands but answers none until it dies.
+            await trio.to_thread.run_sync(server.command, "CLIENT", "PAUSE", "60000", "ALL")
+            before = storage.statistics()
+
+            async def caller(n: int) -> None:
+                sid = f"batch-{n}"
+                try:
+                    if n % 2:
+                        await storage.read_bytes(sid)
+                    else:
+                        found = await storage.read_versioned(sid)
+                        await storage.write_bytes_if(sid, found.data, version=found.version)
+                except StorageError as exc:
+                    outcomes[n] = "StorageError" if exc.__cause__ else "StorageError, no cause"
+                else:
+                    outcomes[n] = "answered"
+
+            async with trio.open_nursery() as nursery:
+                for n in range(tasks):
+                    nursery.start_soon(caller, n)
+                await trio.testing.wait_all_tasks_blocked(0.2)  # all sent, none answered
+                in_flight = storage.statistics()
+                await trio.to_thread.run_sync(server.kill)
+            await trio.to_thread.run_sync(server.start)
+            for n in range(tasks):  # the same storage, without reopening anything
+                assert await read_retrying(storage, f"batch-{n}") == b"%d" % n
+            for n in range(tasks):
+                found = await storage.read_versioned(f"batch-{n}")
+                await storage.write_bytes_if(f"batch-{n}", b"again", version=found.version)
+                assert await storage.read_bytes(f"batch-{n}") == b"again"
+    failed = sum(result == "StorageError" for result in outcomes.values())
+    batched = in_flight.batched - before.batched
+    print(
+        f"\n{redis_driver}: {tasks} callers waiting ({batched} of them in "
+        f"{in_flight.batches - before.batches} batches) when the server died: {failed} "
+        f"StorageErrors, {tasks - failed} answered; all {tasks} served after the restart"
+    )
+    assert failed == tasks
+    if redis_driver == "glide":
+        assert batched == tasks - 1  # the first one went alone, the others waited together
