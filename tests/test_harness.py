@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import itertools
 import math
 from collections.abc import Callable
 from typing import Any
@@ -12,10 +11,9 @@ import trio
 
 from trio_sessions import MemoryStorage, check_session_id
 from trio_sessions._abc import Provider
-from trio_sessions._base import ConditionalBase
 from trio_sessions.testing import CHECKS, ManualClock, check_storage
 
-from .dict_storage import DictStorage
+from .dict_storage import CheckThenWriteStorage, DictStorage
 
 
 class NonAtomicStorage(DictStorage):
@@ -123,57 +121,6 @@ def test_manual_clock_only_moves_forward() -> None:
     assert clock() == 12.5
     with pytest.raises(ValueError, match="forward"):
         clock.advance(-1)
-
-
-class CheckThenWriteStorage(ConditionalBase):
-    """Compare-and-set as a read, a pause, then a write: not atomic."""
-
-    def __init__(self, *, clock: Callable[[], float]) -> None:
-        super().__init__()
-        self.clock = clock
-        self.data: dict[str, tuple[bytes, float, int]] = {}
-        self.versions = itertools.count(1)
-
-    def live(self, session_id: str) -> tuple[bytes, float, int] | None:
-        entry = self.data.get(session_id)
-        return entry if entry is not None and entry[1] > self.clock() else None
-
-    async def _load(self, session_id: str) -> bytes | None:
-        await trio.lowlevel.checkpoint()
-        entry = self.live(session_id)
-        return None if entry is None else entry[0]
-
-    async def _load_versioned(self, session_id: str) -> tuple[bytes, int] | None:
-        await trio.lowlevel.checkpoint()
-        entry = self.live(session_id)
-        return None if entry is None else (entry[0], entry[2])
-
-    async def _store(self, session_id: str, data: bytes, ttl: float | None) -> None:
-        await trio.lowlevel.checkpoint()
-        expires = math.inf if ttl is None else self.clock() + ttl
-        self.data[session_id] = (data, expires, next(self.versions))
-
-    async def _store_if(
-        self, session_id: str, data: bytes, ttl: float | None, version: int | None
-    ) -> int | None:
-        entry = self.live(session_id)
-        if (None if entry is None else entry[2]) != version:
-            await trio.lowlevel.checkpoint()
-            return None
-        await self._store(session_id, data, ttl)  # another task may run in between
-        return self.data[session_id][2]
-
-    async def _delete(self, session_id: str) -> None:
-        await trio.lowlevel.checkpoint()
-        self.data.pop(session_id, None)
-
-    async def _delete_if(self, session_id: str, version: int) -> bool:
-        entry = self.live(session_id)
-        if entry is None or entry[2] != version:
-            await trio.lowlevel.checkpoint()
-            return False
-        await self._delete(session_id)
-        return True
 
 
 async def test_non_atomic_compare_and_set_is_caught() -> None:

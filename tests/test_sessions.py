@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import re
 from typing import Any
 
@@ -14,12 +15,15 @@ from trio_sessions import (
     JSONSerializer,
     MemoryStorage,
     Session,
+    SessionDataError,
     SessionManager,
     SessionNotFound,
+    SessionNotLoaded,
     SessionStorage,
     StorageError,
 )
-from trio_sessions._abc import Consumer, Provider, T
+
+from .spy_storage import WRITES, PlainSpy, Spy
 
 IDLE = 600.0
 ABSOLUTE = 3600.0
@@ -36,65 +40,6 @@ class WallClock:
 
     def advance(self, seconds: float) -> None:
         self.now += seconds
-
-
-class Spy(SessionStorage):
-    """Delegates to a MemoryStorage; records writes; can be told to fail."""
-
-    def __init__(self) -> None:
-        self.inner = MemoryStorage()
-        self.writes: list[str] = []
-        self.failing = False
-
-    @property
-    def max_size(self) -> int:
-        return self.inner.max_size
-
-    def _maybe_fail(self) -> None:
-        if self.failing:
-            raise StorageError("backend down")
-
-    async def write(self, session_id: str, provider: Provider, *, ttl: float | None = None) -> None:
-        self._maybe_fail()
-        self.writes.append(session_id)
-        await self.inner.write(session_id, provider, ttl=ttl)
-
-    async def read(self, session_id: str, consumer: Consumer[T]) -> T:
-        self._maybe_fail()
-        return await self.inner.read(session_id, consumer)
-
-    async def invalidate(self, session_id: str) -> None:
-        self._maybe_fail()
-        await self.inner.invalidate(session_id)
-
-    async def write_bytes(self, session_id: str, data: bytes, *, ttl: float | None = None) -> None:
-        self._maybe_fail()
-        self.writes.append(session_id)
-        await self.inner.write_bytes(session_id, data, ttl=ttl)
-
-    async def read_bytes(self, session_id: str) -> bytes:
-        self._maybe_fail()
-        return await self.inner.read_bytes(session_id)
-
-    async def aclose(self) -> None:
-        await self.inner.aclose()
-
-
-class TouchSpy(Spy):
-    """A storage that can extend a session's expiry without rewriting it."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.touches: list[tuple[str, float]] = []
-
-    async def touch(self, session_id: str, ttl: float) -> bool:
-        self.touches.append((session_id, ttl))
-        try:
-            data = await self.inner.read_bytes(session_id)
-        except SessionNotFound:
-            return False
-        await self.inner.write_bytes(session_id, data, ttl=ttl)
-        return True
 
 
 def make(storage: SessionStorage | None = None, **options: Any) -> SessionManager:
@@ -125,7 +70,7 @@ async def test_untouched_new_session_stores_nothing_and_sets_no_cookie() -> None
     assert session.get("user") is None  # reading is not changing
     assert await manager.save(session) is None
     assert isinstance(manager.storage, Spy)
-    assert manager.storage.writes == []
+    assert manager.storage.count(WRITES) == 0
 
 
 async def test_first_write_sets_cookie_with_owasp_defaults() -> None:
@@ -133,7 +78,7 @@ async def test_first_write_sets_cookie_with_owasp_defaults() -> None:
     session = await manager.load(None)
     session["visits"] = 1
     header = await manager.save(session)
-    assert header == f"session={session.id}; Path=/; Secure; HttpOnly; SameSite=Lax"
+    assert header == f"__Host-session={session.id}; Path=/; Secure; HttpOnly; SameSite=Lax"
     assert len(session.id) == 43  # 256 random bits, URL-safe
     again = await manager.load(session.id)
     assert not again.new
@@ -144,15 +89,15 @@ async def test_unchanged_session_is_not_rewritten() -> None:
     storage = Spy()
     manager = make(storage)
     _, cookie = await start(manager, visits=1)
-    writes = len(storage.writes)
+    writes = storage.count(WRITES)
     session = await manager.load(cookie)
     assert session["visits"] == 1
     assert await manager.save(session) is None
-    assert len(storage.writes) == writes
+    assert storage.count(WRITES) == writes
     session = await manager.load(cookie)
     session["visits"] += 1
     assert await manager.save(session) is None  # same id: the browser's cookie stays valid
-    assert len(storage.writes) == writes + 1
+    assert storage.count(WRITES) == writes + 1
 
 
 async def test_changes_inside_values_are_saved() -> None:
@@ -227,7 +172,7 @@ async def test_invalidate_deletes_on_server_and_in_browser() -> None:
     session.invalidate()
     header = await manager.save(session)
     assert header is not None
-    assert header.startswith("session=; Max-Age=0;")
+    assert header.startswith("__Host-session=; Max-Age=0;")
     assert (await manager.load(cookie)).new
     with pytest.raises(SessionNotFound):
         await manager.storage.read_bytes(cookie)
@@ -245,8 +190,10 @@ async def test_data_stored_after_logout_goes_to_a_new_session() -> None:
     assert (await manager.load(cookie)).new
 
 
-@pytest.mark.parametrize("storage_type", [Spy, TouchSpy])
-async def test_logout_wins_against_a_slow_concurrent_request(storage_type: type[Spy]) -> None:
+@pytest.mark.parametrize("storage_type", [Spy, PlainSpy])
+async def test_logout_wins_against_a_slow_concurrent_request(
+    storage_type: type[Spy] | type[PlainSpy],
+) -> None:
     manager = make(storage_type())
     _, cookie = await start(manager, user="alice")
     slow = await manager.load(cookie)  # a slow request loads the session ...
@@ -333,18 +280,26 @@ async def test_expiry_is_enforced_by_the_server_not_only_the_storage() -> None:
     assert (await manager.load(cookie)).new
 
 
-async def test_touch_capable_storage_is_touched_not_rewritten() -> None:
-    storage = TouchSpy()
+async def test_idle_timeout_is_enforced_whatever_the_storage_keeps() -> None:
+    """A storage that keeps data longer than asked (PERSIST, a lowered timeout)."""
+
+    class Keeper(Spy):
+        async def write_bytes_if(
+            self, session_id: str, data: bytes, *, version: int | None, ttl: float | None = None
+        ) -> int:
+            return await super().write_bytes_if(session_id, data, version=version, ttl=None)
+
     clock = WallClock()
+    storage = Keeper()
     manager = make(storage, clock=clock)
     _, cookie = await start(manager, user="alice")
-    writes = len(storage.writes)
-    clock.advance(IDLE - 1)
-    session = await manager.load(cookie)
-    assert await manager.save(session) is None
-    assert len(storage.writes) == writes
-    assert [sid for sid, _ in storage.touches] == [cookie]
-    assert storage.touches[0][1] == pytest.approx(IDLE)
+    clock.advance(IDLE + 1)
+    assert await storage.read_bytes(cookie)  # still stored ...
+    assert (await manager.load(cookie)).new  # ... but not accepted
+    shorter = make(storage, clock=clock, idle_timeout=60)  # a lowered idle timeout
+    _, cookie = await start(manager, user="bob")
+    clock.advance(61)
+    assert (await shorter.load(cookie)).new
 
 
 async def test_unchanged_session_is_refreshed_after_touch_interval() -> None:
@@ -352,25 +307,25 @@ async def test_unchanged_session_is_refreshed_after_touch_interval() -> None:
     clock = WallClock()
     manager = make(storage, clock=clock, touch_interval=60)
     _, cookie = await start(manager, user="alice")
-    writes = len(storage.writes)
+    writes = storage.count(WRITES)
     clock.advance(30)
     await manager.save(await manager.load(cookie))
-    assert len(storage.writes) == writes  # fresh enough
+    assert storage.count(WRITES) == writes  # fresh enough
     clock.advance(60)
     await manager.save(await manager.load(cookie))
-    assert len(storage.writes) == writes + 1
+    assert storage.count(WRITES) == writes + 1
 
 
 async def test_storage_failure_while_loading_is_raised_not_a_logout() -> None:
     storage = Spy()
     manager = make(storage)
     _, cookie = await start(manager, user="alice")
-    storage.failing = True
+    storage.fail = {"read"}
     with pytest.raises(StorageError):
         await manager.load(cookie)
     lenient = make(storage, on_storage_error="fresh")
     assert (await lenient.load(cookie)).new
-    storage.failing = False
+    storage.fail = set()
     assert (await manager.load(cookie))["user"] == "alice"
 
 
@@ -386,7 +341,7 @@ async def test_json_only() -> None:
     manager = make()
     session = await manager.load(None)
     session["when"] = object()
-    with pytest.raises(TypeError):
+    with pytest.raises(SessionDataError, match=r"key 'when' \(object\)"):
         await manager.save(session)
     assert JSONSerializer().loads(b'{"a":[1]}') == {"a": [1]}
     with pytest.raises(ValueError, match="not a JSON object"):
@@ -401,6 +356,12 @@ async def test_public_methods_checkpoint() -> None:
         await manager.save(session)
     with trio.testing.assert_checkpoints():
         await manager.load("A" * 43)
+    _, cookie = await start(manager, user="alice")
+    session = manager.open(cookie)
+    with trio.testing.assert_checkpoints():
+        await session.load()
+    with trio.testing.assert_checkpoints():
+        await session.load()  # already loaded
 
 
 def test_host_prefix_and_contradictions_are_checked() -> None:
@@ -431,8 +392,129 @@ async def test_persistent_cookie_carries_the_absolute_lifetime() -> None:
     assert f"Max-Age={int(ABSOLUTE)};" in (await manager.save(session) or "")
 
 
-def test_cookie_header_parsing_takes_the_first_value() -> None:
+def test_cookie_header_parsing_keeps_every_value_in_order() -> None:
     options = CookieOptions(name="sid")
     assert options.find("a=1; sid=first; sid=second") == "first"
+    assert options.find_all("a=1; sid=first; sid=second") == ["first", "second"]
     assert options.find("sidx=1") is None
     assert options.find(None) is None
+
+
+def test_the_default_cookie_name_is_host_prefixed_when_allowed() -> None:
+    assert CookieOptions().name == "__Host-session"
+    assert CookieOptions(path="/app").name == "session"
+    assert CookieOptions(domain="example.com").name == "session"
+    assert CookieOptions(secure=False).name == "session"
+    with pytest.raises(TypeError, match="secure must be True or False"):
+        CookieOptions(secure="no")  # type: ignore[arg-type]
+
+
+async def test_the_session_is_a_dict_for_json_and_dict() -> None:
+    manager = make()
+    _, cookie = await start(manager, user="alice", roles=["admin"])
+    session = await manager.load(cookie)
+    assert json.loads(json.dumps(session)) == {"user": "alice", "roles": ["admin"]}
+    assert dict(session) == {"user": "alice", "roles": ["admin"]}
+    assert isinstance(session, dict)
+    assert session.accessed
+
+
+async def test_clear_on_a_loaded_session_ends_it() -> None:
+    manager = make()
+    _, cookie = await start(manager, user="alice")
+    session = await manager.load(cookie)
+    session.clear()
+    header = await manager.save(session)
+    assert header is not None
+    assert "Max-Age=0" in header
+    assert (await manager.load(cookie)).new
+    session = await manager.load(cookie)  # a new session: clear() only empties it
+    session["a"] = 1
+    session.clear()
+    assert await manager.save(session) is None
+
+
+async def test_a_lazy_session_costs_nothing_until_loaded() -> None:
+    storage = Spy()
+    manager = make(storage)
+    _, cookie = await start(manager, user="alice")
+    storage.ops.clear()
+    session = manager.open(cookie)
+    assert not session.loaded
+    with pytest.raises(SessionNotLoaded, match=r"await session\.load"):
+        session.get("user")
+    with pytest.raises(SessionNotLoaded):
+        session["x"] = 1
+    assert sum(storage.ops.values()) == 0
+    await session.load()
+    assert session["user"] == "alice"
+    assert sum(storage.ops.values()) == 1
+
+
+@pytest.mark.parametrize(
+    "stored",
+    [b"tss2" + b"\x00" * 24 + b"\xff", b"tss2" + b"\x7f\xf8" + b"\x00" * 22 + b"{}", b"x"],
+)
+async def test_unreadable_data_of_any_kind_gives_a_fresh_session(stored: bytes) -> None:
+    manager = make()
+    _, cookie = await start(manager, user="alice")
+    await manager.storage.write_bytes(cookie, stored)
+    assert (await manager.load(cookie)).new
+
+
+async def test_a_serializer_failing_in_any_way_gives_a_fresh_session() -> None:
+    class Broken:
+        def dumps(self, data: dict[str, Any]) -> bytes:
+            return JSONSerializer().dumps(data)
+
+        def loads(self, data: bytes) -> dict[str, Any]:
+            raise RecursionError("maximum recursion depth exceeded")
+
+    storage = Spy()
+    _, cookie = await start(make(storage), user="alice")
+    assert (await make(storage, serializer=Broken()).load(cookie)).new
+
+
+async def test_unstorable_data_leaves_the_stored_session_as_it_was() -> None:
+    storage = Spy(MemoryStorage(max_size=1000))
+    manager = make(storage)
+    _, cookie = await start(manager, user="alice")
+    session = await manager.load(cookie)
+    session["blob"] = "x" * 2000
+    with pytest.raises(SessionDataError, match="above the storage's max_size of 1000 bytes"):
+        await manager.save(session)
+    deep: list[Any] = []
+    for _ in range(100_000):
+        deep = [deep]
+    session = await manager.load(cookie)
+    session["deep"] = deep
+    with pytest.raises(SessionDataError, match="key 'deep'"):
+        await manager.save(session)
+    assert dict(await manager.load(cookie)) == {"user": "alice"}
+
+
+async def test_remember_me_lifetime() -> None:
+    clock = WallClock()
+    manager = make(clock=clock, max_lifetime=7 * 86400)
+    session = await manager.load(None)
+    session["user"] = "alice"
+    session.set_lifetime(3 * 86400)
+    header = await manager.save(session)
+    assert header is not None
+    assert f"Max-Age={3 * 86400};" in header
+    cookie = cookie_value(header)
+    clock.advance(2 * 86400)  # far beyond the idle and absolute timeouts
+    session = await manager.load(cookie)
+    assert session["user"] == "alice"
+    session.regenerate()  # rotation keeps the lifetime
+    rotated = await manager.save(session)
+    assert rotated is not None
+    assert f"Max-Age={86400};" in rotated
+    clock.advance(86400)
+    assert (await manager.load(cookie_value(rotated))).new  # enforced on the server
+    bounded = await manager.load(None)
+    bounded["x"] = 1
+    bounded.set_lifetime(365 * 86400)
+    assert f"Max-Age={7 * 86400};" in (await manager.save(bounded) or "")
+    with pytest.raises(ValueError, match="positive"):
+        bounded.set_lifetime(0)

@@ -17,8 +17,10 @@ import httpx2 as httpx
 import pytest
 import trio
 
-from trio_sessions import MemoryStorage, SessionNotFound, SessionStorage, StorageError
+from trio_sessions import SessionNotFound, SessionStorage
 from trio_sessions._demo import open_server
+
+from .spy_storage import Spy, disk_full
 
 # Plain http only; an empty TLS context spares httpx loading CA certificates per client.
 NO_TLS = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
@@ -36,45 +38,6 @@ class WallClock:
         return self.now
 
 
-class Flaky(SessionStorage):
-    """A MemoryStorage that fails on demand, like a backend that went away."""
-
-    def __init__(self) -> None:
-        self.inner = MemoryStorage()
-        self.failing = False
-
-    @property
-    def max_size(self) -> int:
-        return self.inner.max_size
-
-    def _check(self) -> None:
-        if self.failing:
-            raise StorageError("connection refused")
-
-    async def write(self, session_id: str, provider: Any, *, ttl: float | None = None) -> None:
-        self._check()
-        await self.inner.write(session_id, provider, ttl=ttl)
-
-    async def read(self, session_id: str, consumer: Any) -> Any:
-        self._check()
-        return await self.inner.read(session_id, consumer)
-
-    async def invalidate(self, session_id: str) -> None:
-        self._check()
-        await self.inner.invalidate(session_id)
-
-    async def write_bytes(self, session_id: str, data: bytes, *, ttl: float | None = None) -> None:
-        self._check()
-        await self.inner.write_bytes(session_id, data, ttl=ttl)
-
-    async def read_bytes(self, session_id: str) -> bytes:
-        self._check()
-        return await self.inner.read_bytes(session_id)
-
-    async def aclose(self) -> None:
-        await self.inner.aclose()
-
-
 @dataclass
 class Gate:
     """Lets a test hold the /slow handler after it loaded the session."""
@@ -86,7 +49,7 @@ class Gate:
 @dataclass
 class Web:
     client: httpx.AsyncClient
-    storage: Flaky
+    storage: Spy
     clock: WallClock
     gate: Gate
 
@@ -157,11 +120,20 @@ def quart_app(storage: SessionStorage, clock: WallClock, gate: Gate) -> Any:
 
     @app.get("/slow")
     async def slow() -> str:
+        from quart import request
+
         user = session.get("user", "")
         gate.entered.set()
         await gate.release.wait()
+        if request.args.get("rotate"):
+            current_session().regenerate()
         session["last_page"] = "/slow"
         return str(user)
+
+    @app.get("/bad")
+    async def bad() -> str:  # noqa: ASYNC124 (a framework view)
+        session["when"] = object()
+        return "stored?"
 
     return app
 
@@ -202,8 +174,14 @@ def starlette_app(storage: SessionStorage, clock: WallClock, gate: Gate) -> Any:
         user = request.session.get("user", "")
         gate.entered.set()
         await gate.release.wait()
+        if request.query_params.get("rotate"):
+            request.session.regenerate()  # type: ignore[attr-defined]
         request.session["last_page"] = "/slow"
         return PlainTextResponse(str(user))
+
+    async def bad(request: Request) -> PlainTextResponse:  # noqa: ASYNC124 (a framework view)
+        request.session["when"] = object()
+        return PlainTextResponse("stored?")
 
     routes = [
         Route("/count", count),
@@ -213,6 +191,7 @@ def starlette_app(storage: SessionStorage, clock: WallClock, gate: Gate) -> Any:
         Route("/whoami", whoami),
         Route("/logout", logout, methods=["POST"]),
         Route("/slow", slow),
+        Route("/bad", bad),
     ]
     middleware = [Middleware(SessionMiddleware, storage=storage, **_options(clock))]
     return Starlette(routes=routes, middleware=middleware)
@@ -238,7 +217,7 @@ APPS: dict[str, Callable[[SessionStorage, WallClock, Gate], Any]] = {
 
 @pytest.fixture(params=sorted(APPS))
 async def web(request: pytest.FixtureRequest) -> AsyncIterator[Web]:
-    storage, clock, gate = Flaky(), WallClock(), Gate()
+    storage, clock, gate = Spy(), WallClock(), Gate()
     app = APPS[request.param](storage, clock, gate)
     with trio.fail_after(30):
         async with (
@@ -290,8 +269,12 @@ async def test_login_rotates_the_id_and_the_old_id_is_dead(web: Web) -> None:
         stale = await web.get("/peek", before)
         assert stale.text == "0"
         assert (await web.get("/whoami", before)).text == ""
-        with pytest.raises(SessionNotFound):
-            await web.storage.read_bytes(before.partition(".")[0])
+        try:
+            left = await web.storage.read_bytes(before.partition(".")[0])
+        except SessionNotFound:
+            left = b""
+        assert b"alice" not in left
+        assert b'"n"' not in left
 
 
 async def test_logout_invalidates_on_the_server(web: Web) -> None:
@@ -384,11 +367,11 @@ async def test_logout_wins_against_a_slow_concurrent_request(web: Web) -> None:
 async def test_storage_outage_answers_503_instead_of_logging_out(web: Web) -> None:
     with trio.fail_after(20):
         cookie = cookie_of(await web.post("/login"))
-        web.storage.failing = True
+        web.storage.fail = {"read", "write", "delete"}
         response = await web.get("/whoami", cookie)
         assert response.status_code == 503
         assert set_cookie(response) is None
-        web.storage.failing = False
+        web.storage.fail = set()
         assert (await web.get("/whoami", cookie)).text == "alice"
 
 
@@ -396,10 +379,153 @@ async def test_storage_failure_while_saving_answers_503(web: Web) -> None:
     with trio.fail_after(20):
         response = await web.client.get("/count")
         cookie = cookie_of(response)
-        web.storage.failing = True
+        web.storage.fail = {"read", "write", "delete"}
         # Loading succeeds from nothing (no cookie), saving the new session fails.
         failed = await web.client.get("/count")
         assert failed.status_code == 503
         assert set_cookie(failed) is None
-        web.storage.failing = False
+        web.storage.fail = set()
         assert (await web.get("/peek", cookie)).text == "1"
+
+
+# ------------------------------------------------ integrity, through the HTTP stack
+
+
+async def _while_slow(web: Web, path: str, cookie: str, during: Any) -> httpx.Response:
+    """Run a /slow request that loaded the session before *during* ran, and finished after."""
+    slow_response: list[httpx.Response] = []
+
+    async def slow_request() -> None:
+        slow_response.append(await web.get(path, cookie))
+
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(slow_request)
+        await web.gate.entered.wait()
+        await during()
+        web.gate.release.set()
+    web.gate = Gate()
+    return slow_response[0]
+
+
+async def test_a_backend_blip_while_saving_never_undoes_a_logout(web: Web) -> None:
+    with trio.fail_after(20):
+        cookie = cookie_of(await web.post("/login"))
+
+        async def logout_then_break_reads() -> None:
+            assert (await web.post("/logout", cookie)).status_code == 200
+            web.storage.fail = {"read"}
+
+        slow = await _while_slow(web, "/slow", cookie, logout_then_break_reads)
+        assert slow.status_code in (200, 503)
+        assert set_cookie(slow) is None
+        web.storage.fail = set()
+        assert (await web.get("/whoami", cookie)).text == ""
+
+
+async def test_a_rotation_after_logout_carries_nothing_to_a_new_id(web: Web) -> None:
+    with trio.fail_after(20):
+        cookie = cookie_of(await web.post("/login"))
+
+        async def logout() -> None:
+            assert (await web.post("/logout", cookie)).status_code == 200
+
+        slow = await _while_slow(web, "/slow?rotate=1", cookie, logout)
+        assert set_cookie(slow) is None  # no cookie for a session that holds alice
+        assert (await web.get("/whoami", cookie)).text == ""
+
+
+async def test_a_slow_request_does_not_overwrite_acknowledged_writes(web: Web) -> None:
+    with trio.fail_after(20):
+        cookie = cookie_of(await web.get("/count"))
+
+        async def five_counts() -> None:
+            for expected in range(2, 7):
+                assert (await web.get("/count", cookie)).text == str(expected)
+
+        await _while_slow(web, "/slow", cookie, five_counts)
+        assert (await web.get("/peek", cookie)).text == "6"
+
+
+async def test_logout_on_a_full_disk_ends_the_session(web: Web) -> None:
+    with trio.fail_after(20):
+        cookie = cookie_of(await web.post("/login"))
+        web.storage.error = disk_full
+        web.storage.fail = {"write"}
+        logout = await web.post("/logout", cookie)
+        assert logout.status_code == 200
+        web.storage.fail = set()
+        assert (await web.get("/whoami", cookie)).text == ""
+
+
+async def test_a_failed_logout_answers_503_drops_the_cookie_and_keeps_the_data_locked(
+    web: Web,
+) -> None:
+    with trio.fail_after(20):
+        cookie = cookie_of(await web.post("/login"))
+        web.storage.fail = {"delete"}
+        logout = await web.post("/logout", cookie)
+        assert logout.status_code == 503
+        found = set_cookie(logout)
+        assert found is not None
+        assert "Max-Age=0" in found[1]
+        # Whoever kept the cookie gets no data while the delete keeps failing.
+        assert (await web.get("/whoami", cookie)).status_code == 503
+        web.storage.fail = set()
+        assert (await web.get("/whoami", cookie)).text == ""
+
+
+@pytest.mark.parametrize("path", ["/peek", "/count", "/whoami", "/slow", "/slow?rotate=1"])
+async def test_logout_racing_another_request(web: Web, path: str) -> None:
+    with trio.fail_after(20):
+        cookie = cookie_of(await web.post("/login"))
+
+        async def logout() -> None:
+            assert (await web.post("/logout", cookie)).status_code == 200
+
+        if path.startswith("/slow"):
+            other = await _while_slow(web, path, cookie, logout)
+        else:
+            responses: list[httpx.Response] = []
+
+            async def request() -> None:
+                responses.append(await web.get(path, cookie))
+
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(request)
+                nursery.start_soon(logout)
+            (other,) = responses
+        assert (await web.get("/whoami", cookie)).text == ""
+        new = set_cookie(other)
+        if new is not None and new[0]:
+            assert (await web.get("/whoami", new[0])).text == ""
+
+
+async def test_responses_that_set_the_cookie_are_never_cached(web: Web) -> None:
+    with trio.fail_after(20):
+        first = await web.get("/count")
+        assert first.headers["cache-control"] == "private, no-store"
+        unchanged = await web.get("/peek", cookie_of(first))
+        assert "cache-control" not in unchanged.headers
+
+
+async def test_of_several_cookies_the_first_that_verifies_wins(web: Web) -> None:
+    with trio.fail_after(20):
+        cookie = cookie_of(await web.post("/login"))
+        planted = "A" * 43 + "." + "B" * 43  # e.g. set by a sibling subdomain
+        header = f"{NAME}={planted}; {NAME}={cookie}".encode()
+        response = await web.client.get("/whoami", headers={b"Cookie": header})
+        assert response.text == "alice"
+
+
+async def test_unstorable_data_answers_500_and_keeps_the_session(
+    web: Web, caplog: pytest.LogCaptureFixture
+) -> None:
+    with trio.fail_after(20):
+        cookie = cookie_of(await web.post("/login"))
+        response = await web.get("/bad", cookie)
+        assert response.status_code == 500
+        assert "Traceback" not in response.text
+        assert "object" not in response.text
+        assert set_cookie(response) is None
+        assert (await web.get("/whoami", cookie)).text == "alice"  # still logged in
+        assert "key 'when' (object)" in caplog.text

@@ -16,11 +16,13 @@ from ._errors import WriteConflict as WriteConflict
 from ._ids import SESSION_ID_PATTERN as SESSION_ID_PATTERN
 from ._ids import check_session_id as check_session_id
 from ._ids import new_session_id as new_session_id
-from ._sessions import CookieOptions as CookieOptions
-from ._sessions import JSONSerializer as JSONSerializer
-from ._sessions import Serializer as Serializer
-from ._sessions import Session as Session
-from ._sessions import SessionManager as SessionManager
+from .sessions import CookieOptions as CookieOptions
+from .sessions import JSONSerializer as JSONSerializer
+from .sessions import Serializer as Serializer
+from .sessions import Session as Session
+from .sessions import SessionDataError as SessionDataError
+from .sessions import SessionManager as SessionManager
+from .sessions import SessionNotLoaded as SessionNotLoaded
 from .storages.bytes import BytesStorage as BytesStorage
 from .storages.cache import CacheStorage as CacheStorage
 from .storages.cache import CacheStorageStatistics as CacheStorageStatistics
@@ -58,8 +60,10 @@ __all__ = [
     "RedisStorage",
     "Serializer",
     "Session",
+    "SessionDataError",
     "SessionManager",
     "SessionNotFound",
+    "SessionNotLoaded",
     "SessionStorage",
     "SessionTooLarge",
     "StorageError",

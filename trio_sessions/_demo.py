@@ -23,7 +23,7 @@ import trio
 
 from ._abc import SessionStorage
 from ._errors import SessionNotFound
-from ._sessions import CookieOptions, Session, SessionManager
+from .sessions import CookieOptions, Session, SessionManager
 
 __all__ = ["DEMO_COOKIE", "create_app", "demo_storage", "main", "open_server"]
 

@@ -33,7 +33,15 @@ import trio
 
 from ._abc import SessionStorage
 from ._errors import StorageError
-from ._sessions import UNOPENED, Session, SessionManager, StorageSource, open_storage_source
+from .sessions import (
+    UNOPENED,
+    Session,
+    SessionDataError,
+    SessionManager,
+    StorageSource,
+    check_source,
+    open_storage_source,
+)
 
 __all__ = ["SessionMiddleware"]
 
@@ -52,6 +60,12 @@ _UNAVAILABLE_HEADERS = [
     (b"retry-after", b"5"),
     (b"cache-control", b"no-store"),
 ]
+_ERROR_BODY = b"Internal Server Error\n"
+_ERROR_HEADERS = [
+    (b"content-type", b"text/plain; charset=utf-8"),
+    (b"content-length", str(len(_ERROR_BODY)).encode()),
+    (b"cache-control", b"no-store"),
+]
 
 
 @final
@@ -67,6 +81,7 @@ class SessionMiddleware:
     """
 
     def __init__(self, app: ASGIApp, /, storage: StorageSource, **options: Any) -> None:
+        check_source(storage)
         self.app = app
         self._source = storage
         opened = storage if isinstance(storage, SessionStorage) else UNOPENED
@@ -86,7 +101,8 @@ class SessionMiddleware:
         cookies = b"; ".join(value for name, value in scope["headers"] if name == b"cookie")
         try:
             session = await manager.load_from_header(cookies.decode("latin-1"))
-        except (StorageError, trio.ClosedResourceError):
+        except (StorageError, trio.ClosedResourceError) as exc:
+            logger.error("session storage failed while loading a session", exc_info=exc)
             await _reject(scope, send)
             return
         scope["session"] = session
@@ -99,12 +115,19 @@ class SessionMiddleware:
                 await trio.lowlevel.checkpoint()
                 return  # the app's response was replaced by a 503
             if message["type"] == start:
+                logout = session.ending
                 try:
                     header = await manager.save(session)
                 except (StorageError, trio.ClosedResourceError) as exc:
-                    logger.error("session storage failed while saving a session: %r", exc)
+                    logger.error("session storage failed while saving a session", exc_info=exc)
                     failed = True
-                    await _reject(scope, send)
+                    # A failed logout still tells the browser to drop the cookie.
+                    await _reject(scope, send, manager.cookie.delete_cookie() if logout else None)
+                    return
+                except SessionDataError as exc:
+                    logger.error("the session was not saved: %s", exc, exc_info=exc)
+                    failed = True
+                    await _fail(scope, send)
                     return
                 _add_headers(message, session, header)
             elif message["type"] == "websocket.close" and session.modified:
@@ -149,6 +172,11 @@ def _add_headers(message: Message, session: Session, set_cookie: str | None) -> 
     headers = list(message.get("headers", ()))
     if set_cookie is not None:
         headers.append((b"set-cookie", set_cookie.encode("latin-1")))
+        # A response that sets the session's cookie must never be cached and replayed.
+        policy = b", ".join(v for n, v in headers if n.lower() == b"cache-control").lower()
+        if b"no-store" not in policy:
+            headers = [(n, v) for n, v in headers if n.lower() != b"cache-control"]
+            headers.append((b"cache-control", b"private, no-store"))
     for index, (name, value) in enumerate(headers):
         if name.lower() == b"vary":
             values = {v.strip().lower() for v in value.split(b",")}
@@ -164,14 +192,25 @@ async def _save_quietly(manager: SessionManager, session: Session) -> None:
     """Save a websocket's session at close (no cookie can be sent any more)."""
     try:
         await manager.save(session)
-    except (StorageError, trio.ClosedResourceError) as exc:
-        logger.error("session storage failed while saving a websocket's session: %r", exc)
+    except (StorageError, trio.ClosedResourceError, SessionDataError) as exc:
+        logger.error("a websocket's session was not saved", exc_info=exc)
         await trio.lowlevel.checkpoint()
 
 
-async def _reject(scope: Scope, send: Send) -> None:
+async def _reject(scope: Scope, send: Send, set_cookie: str | None = None) -> None:
     if scope["type"] == "http":
-        await send({"type": "http.response.start", "status": 503, "headers": _UNAVAILABLE_HEADERS})
+        headers = list(_UNAVAILABLE_HEADERS)
+        if set_cookie is not None:
+            headers.append((b"set-cookie", set_cookie.encode("latin-1")))
+        await send({"type": "http.response.start", "status": 503, "headers": headers})
         await send({"type": "http.response.body", "body": _UNAVAILABLE_BODY})
     else:
         await send({"type": "websocket.close", "code": 1013, "reason": "Try Again Later"})
+
+
+async def _fail(scope: Scope, send: Send) -> None:
+    if scope["type"] == "http":
+        await send({"type": "http.response.start", "status": 500, "headers": _ERROR_HEADERS})
+        await send({"type": "http.response.body", "body": _ERROR_BODY})
+    else:
+        await send({"type": "websocket.close", "code": 1011, "reason": "Internal Error"})

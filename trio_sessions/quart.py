@@ -39,7 +39,15 @@ except ImportError as exc:  # pragma: no cover - depends on the environment
 
 from ._abc import SessionStorage
 from ._errors import StorageError
-from ._sessions import UNOPENED, Session, SessionManager, StorageSource, open_storage_source
+from .sessions import (
+    UNOPENED,
+    Session,
+    SessionDataError,
+    SessionManager,
+    StorageSource,
+    check_source,
+    open_storage_source,
+)
 
 if TYPE_CHECKING:
     from quart import Quart
@@ -75,6 +83,7 @@ class TrioSessionInterface(SessionInterface):
     null_session_class = _UnavailableSession
 
     def __init__(self, storage: StorageSource, **options: Any) -> None:
+        check_source(storage)
         self._source = storage
         opened = storage if isinstance(storage, SessionStorage) else UNOPENED
         self.manager = SessionManager(opened, **options)
@@ -86,7 +95,8 @@ class TrioSessionInterface(SessionInterface):
         cookies = "; ".join(request.headers.getlist("Cookie"))
         try:
             return await self.manager.load_from_header(cookies)
-        except (StorageError, trio.ClosedResourceError):
+        except (StorageError, trio.ClosedResourceError) as exc:
+            logger.error("session storage failed while loading a session", exc_info=exc)
             await trio.lowlevel.checkpoint()
             return None  # Quart then makes an _UnavailableSession, answered with 503
 
@@ -96,14 +106,22 @@ class TrioSessionInterface(SessionInterface):
         if not isinstance(session, Session):
             await trio.lowlevel.checkpoint()
             return
+        logout = session.ending
         try:
             header = await self.manager.save(session)
         except (StorageError, trio.ClosedResourceError) as exc:
-            logger.error("session storage failed while saving a session: %r", exc)
+            logger.error("session storage failed while saving a session", exc_info=exc)
             if response is not None:
-                response.status_code = 503
+                _replace(response, 503, _UNAVAILABLE_BODY)
                 response.headers["Retry-After"] = "5"
-                response.set_data(_UNAVAILABLE_BODY)
+                if logout:  # a failed logout still tells the browser to drop the cookie
+                    response.headers.add("Set-Cookie", self.manager.cookie.delete_cookie())
+            await trio.lowlevel.checkpoint()
+            return
+        except SessionDataError as exc:
+            logger.error("the session was not saved: %s", exc, exc_info=exc)
+            if response is not None:
+                _replace(response, 500, "Internal Server Error\n")
             await trio.lowlevel.checkpoint()
             return
         if response is None:
@@ -112,6 +130,9 @@ class TrioSessionInterface(SessionInterface):
             return
         if header is not None:
             response.headers.add("Set-Cookie", header)
+            # A response that sets the session's cookie must never be cached and replayed.
+            if "no-store" not in response.headers.get("Cache-Control", "").lower():
+                response.headers["Cache-Control"] = "private, no-store"
         if header is not None or session.accessed:
             response.vary.add("Cookie")
 
@@ -137,6 +158,15 @@ class TrioSessionInterface(SessionInterface):
     async def _reject_websocket(self) -> Response | None:
         await trio.lowlevel.checkpoint()
         return _unavailable() if isinstance(websocket_ctx.session, _UnavailableSession) else None
+
+
+def _replace(response: Response | WerkzeugResponse, status: int, body: str) -> None:
+    """Replace the app's response with a plain error (no traceback, nothing cached)."""
+    response.status_code = status
+    response.set_data(body)
+    response.headers["Content-Type"] = "text/plain; charset=utf-8"
+    response.headers["Cache-Control"] = "no-store"
+    response.headers.remove("Set-Cookie")
 
 
 def current_session() -> Session:

@@ -34,7 +34,8 @@ from typing import Any, ClassVar
 
 import trio
 
-from ._checks import CHECKS, ManualClock, NotApplicable, StorageFactory
+from ._checks import CHECKS, ManualClock, StorageFactory
+from ._checks import NotApplicable as _NotApplicable
 from ._checks import Context as _Context
 
 __all__ = [
@@ -90,7 +91,11 @@ class ConformanceReport:
                     error = result.error if verbose else result.error.strip().splitlines()[-1]
                     lines.extend("      " + line for line in error.splitlines())
         failed = sum(not result.passed for result in self.results)
-        lines.append(f"{len(self.results) - failed} passed, {failed} failed")
+        skipped = sum(result.skipped is not None for result in self.results)
+        passed = len(self.results) - failed - skipped
+        lines.append(
+            f"{passed} passed, " + (f"{skipped} skipped, " if skipped else "") + f"{failed} failed"
+        )
         return "\n".join(lines)
 
 
@@ -126,7 +131,7 @@ def _run_check(name: str, ctx: _Context) -> CheckResult:
     ctx.example = None
     try:
         check(ctx)
-    except NotApplicable as reason:
+    except _NotApplicable as reason:
         return CheckResult(name, description, True, skipped=str(reason))
     except Exception:
         return CheckResult(name, description, False, traceback.format_exc(), ctx.example)
@@ -195,7 +200,7 @@ class StorageConformance:
         ctx = _Context(self.open_storage, self.clock_controlled, self.max_examples, trio.run)
         try:
             CHECKS[name](ctx)
-        except NotApplicable as reason:
+        except _NotApplicable as reason:
             import pytest
 
             pytest.skip(str(reason))
