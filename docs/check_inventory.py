@@ -18,6 +18,7 @@ from sphinx.util.inventory import InventoryFile
 PUBLIC_MODULES = (
     "trio_sessions",
     "trio_sessions.testing",
+    "trio_sessions.testing.servers",
     "trio_sessions.quart",
     "trio_sessions.asgi",
     "trio_sessions.asyncio",

@@ -20,7 +20,7 @@ from .._ids import new_session_id
 from ..storages._redis_drivers import DriverName
 from ..storages.memory import MemoryStorage
 from ._core import TTL
-from ._servers import Resp
+from ._servers import open_resp
 
 PX = TTL * 1000
 
@@ -113,7 +113,7 @@ def redis_used_memory(url: str, port: int, driver: DriverName, count: int, size:
             return [storage.key(new_session_id()) for _ in range(count)]
 
     names = trio.run(keys)
-    resp = Resp(port)
+    resp = open_resp(port)
     try:
         resp.command("FLUSHALL", "SYNC")
         before = resp.info("memory")

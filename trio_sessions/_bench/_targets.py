@@ -25,7 +25,7 @@ from ..storages.cache import open_cache_storage
 from ..storages.directory import DirectoryStorage
 from ..storages.memory import MemoryStorage
 from ._core import TTL, Ops, Role, Target
-from ._servers import Resp
+from ._servers import open_resp
 
 PX = TTL * 1000
 
@@ -281,7 +281,7 @@ def cache_over_directory(parent: str | None) -> Target:
 def _bulk(port: int, key: Callable[[str], bytes]) -> Callable[[Sequence[str], bytes], Any]:
     async def bulk(ids: Sequence[str], data: bytes) -> None:
         def fill() -> None:
-            resp = Resp(port)
+            resp = open_resp(port)
             try:
                 resp.set_many([key(i) for i in ids], data, PX)
             finally:
