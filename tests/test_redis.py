@@ -531,10 +531,11 @@ async def test_conditional_writes_keep_their_ttl_rules(
 # ------------------------------------------------------------------------- pipelining
 
 
-async def test_a_lone_task_sends_every_command_directly(redis_single: RedisServer) -> None:
-    require_module("glide")
+async def test_a_lone_task_sends_every_command_directly(
+    redis_single: RedisServer, redis_driver: str
+) -> None:
     with trio.fail_after(30):
-        async with opened(redis_single, "glide") as storage:
+        async with opened(redis_single, redis_driver) as storage:
             for n in range(20):
                 await storage.write_bytes(f"lone-{n}", b"v")
                 assert await storage.read_bytes(f"lone-{n}") == b"v"
@@ -573,19 +574,16 @@ async def test_concurrent_tasks_share_batches_and_each_gets_its_own_reply(
     assert wrong == []
     print(f"\n{redis_driver}: {stats}")
     assert stats.commands >= tasks * rounds * 3
-    if redis_driver == "glide":
-        assert stats.batches > 0
-        assert stats.batched > stats.direct  # most commands went in batches
-        assert max(size for size, _ in stats.batch_sizes) > 1
+    assert stats.batches > 0
+    assert stats.batched > stats.direct  # most commands went in batches
+    assert max(size for size, _ in stats.batch_sizes) > 1
 
 
 async def test_batches_respect_max_batch_and_pipeline_false_sends_alone(
-    redis_single: RedisServer,
+    redis_single: RedisServer, redis_driver: str
 ) -> None:
-    require_module("glide")
-
     async def run(**options: Any) -> RedisStorageStatistics:
-        async with opened(redis_single, "glide", **options) as storage:
+        async with opened(redis_single, redis_driver, **options) as storage:
 
             async def worker(n: int) -> None:
                 await storage.write_bytes(f"b-{n}", b"%d" % n)
@@ -604,7 +602,7 @@ async def test_batches_respect_max_batch_and_pipeline_false_sends_alone(
         assert (alone.batches, alone.direct) == (0, 60)
     for bad in (0, 1, 2.5, True, "8"):
         with pytest.raises(ValueError, match="max_batch"):
-            async with opened(redis_single, "glide", max_batch=bad):
+            async with opened(redis_single, redis_driver, max_batch=bad):
                 pass
 
 
@@ -688,19 +686,20 @@ async def test_random_cancellations_never_hand_a_reply_to_another_caller(
     )
     assert wrong == []
     assert cancelled >= goal
-    if redis_driver == "glide":
-        assert stats.batches > 0
-        assert stats.withdrawn + stats.dropped > 0
+    assert stats.batches > 0
+    assert stats.withdrawn + stats.dropped > 0
 
 
 async def test_pipelining_in_a_cluster_routes_each_command_to_its_node(
-    redis_cluster_nodes: list[RedisServer],
+    redis_cluster_nodes: list[RedisServer], redis_driver: str
 ) -> None:
-    require_module("glide")
     tasks = 60
     with trio.fail_after(60):
         async with open_redis_storage(
-            redis_cluster_nodes[0].url, driver="glide", cluster=True, **OPTIONS["glide"]
+            redis_cluster_nodes[0].url,
+            driver=redis_driver,  # type: ignore[arg-type]
+            cluster=True,
+            **OPTIONS[redis_driver],
         ) as storage:
             wrong: list[str] = []
 

@@ -1,5 +1,5 @@
 """RedisStorage keeps the storage contract with both drivers, on one server and a Cluster,
-with glide's automatic pipelining on (the default) and off.
+with automatic pipelining on (the default) and off.
 
 One private server and one 3-master Cluster serve the whole module. Set
 ``TRIO_SESSIONS_REDIS_EXAMPLES`` to raise the examples per property-based check.
@@ -81,6 +81,12 @@ class TestGlideSingleUnpipelined(_RedisConformance):
 class TestCoredisSingle(_RedisConformance):
     driver = "coredis"
     cluster = False
+
+
+class TestCoredisSingleUnpipelined(_RedisConformance):
+    driver = "coredis"
+    cluster = False
+    pipeline = False
 
 
 class TestGlideCluster(_RedisConformance):

@@ -382,5 +382,4 @@ async def test_server_killed_while_a_batch_is_in_flight(redis_driver: str) -> No
         f"StorageErrors, {tasks - failed} answered; all {tasks} served after the restart"
     )
     assert failed == tasks
-    if redis_driver == "glide":
-        assert batched == tasks - 1  # the first one went alone, the others waited together
+    assert batched == tasks - 1  # the first one went alone, the others waited together

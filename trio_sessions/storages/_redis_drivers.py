@@ -385,44 +385,101 @@ class GlideDriver:
 
 @final
 class CoredisDriver:
-    """coredis's `Redis` or `RedisCluster` (pure Python, anyio), with bytes replies."""
+    """coredis's `Redis` or `RedisCluster` (pure Python, anyio), with bytes replies.
+
+    With *pipeline*, concurrent commands go out as coredis non-transactional pipelines
+    (in a Cluster, coredis splits one by node).
+    """
 
     name: DriverName = "coredis"
 
-    def __init__(self, client: coredis.Redis[bytes] | coredis.RedisCluster[bytes]) -> None:
+    def __init__(
+        self,
+        client: coredis.Redis[bytes] | coredis.RedisCluster[bytes],
+        *,
+        pipeline: bool = True,
+        max_batch: int = DEFAULT_MAX_BATCH,
+    ) -> None:
         from coredis.exceptions import NoScriptError
 
         if client.decode_responses:
             raise ValueError("a coredis client for RedisStorage needs decode_responses=False")
-        self._client = client
+        self._client: Any = client
         self._no_script = NoScriptError
         self._commands = 0
+        self._pipeline: AutoPipeline | None = None
+        self._call: Callable[[Command], Awaitable[object]] = self._send_one
+        if pipeline:
+            self._pipeline = AutoPipeline(self._send_one, self._send_batch, max_batch=max_batch)
+            self._call = self._pipeline.call
 
     def statistics(self) -> RedisStorageStatistics:
-        return _direct_statistics(self._commands)
+        if self._pipeline is None:
+            return _direct_statistics(self._commands)
+        return self._pipeline.statistics()
 
     async def get(self, key: bytes) -> object:
-        self._commands += 1
-        return await self._client.get(key)
+        return await self._call((_GET, key, None, None))
 
     async def set(self, key: bytes, value: bytes, px: int | None) -> None:
-        self._commands += 1
-        await self._client.set(key, value, px=px)
+        await self._call((_SET, key, value, px))
 
     async def delete(self, key: bytes) -> None:
-        self._commands += 1
-        await self._client.delete([key])
+        await self._call((_DELETE, key, None, None))
 
     async def pexpire(self, key: bytes, px: int) -> object:
-        self._commands += 1
-        return await self._client.pexpire(key, px)
+        return await self._call((_PEXPIRE, key, px, None))
 
     async def eval(self, script: LuaScript, keys: Sequence[bytes], args: Sequence[bytes]) -> object:
-        self._commands += 1
+        command = (_EVAL, keys[0], script, (list(keys), list(args)))
         try:
-            return await self._client.evalsha(script.sha1, keys, args)
-        except self._no_script:
-            return await self._client.eval(script.source, keys, args)
+            return await self._call(command)
+        except (_NoScript, self._no_script):
+            # EVALSHA did not run: the server lost its scripts (a restart).
+            self._commands += 1
+            return await self._client.eval(script.source, *command[3])
+
+    async def _send_one(self, command: Command) -> object:
+        self._commands += 1
+        kind, key, a, b = command
+        client = self._client
+        if kind is _GET:
+            return await client.get(key)
+        if kind is _SET:
+            return await client.set(key, a, px=b)
+        if kind is _DELETE:
+            return await client.delete([key])
+        if kind is _PEXPIRE:
+            return await client.pexpire(key, a)
+        keys, args = b
+        return await client.evalsha(a.sha1, keys, args)
+
+    async def _send_batch(self, commands: list[Command]) -> list[Reply]:
+        self._commands += len(commands)
+        async with self._client.pipeline(transaction=False, raise_on_error=False) as pipe:
+            for kind, key, a, b in commands:
+                if kind is _GET:
+                    pipe.get(key)
+                elif kind is _SET:
+                    pipe.set(key, a, px=b)
+                elif kind is _DELETE:
+                    pipe.delete([key])
+                elif kind is _PEXPIRE:
+                    pipe.pexpire(key, a)
+                else:
+                    pipe.evalsha(a.sha1, *b)
+        replies = pipe.results
+        if not isinstance(replies, tuple) or len(replies) != len(commands):
+            raise StorageError(f"a batch of {len(commands)} commands got {replies!r} in reply")
+        result: list[Reply] = []
+        for reply in replies:
+            if isinstance(reply, self._no_script):
+                result.append(outcome.Error(_NoScript(str(reply))))
+            elif isinstance(reply, Exception):
+                result.append(outcome.Error(reply))
+            else:
+                result.append(outcome.Value(reply))
+        return result
 
 
 def driver_for(
@@ -438,7 +495,7 @@ def driver_for(
         return GlideDriver(client, pipeline=pipeline, max_batch=max_batch)
     coredis = sys.modules.get("coredis")
     if coredis is not None and isinstance(client, coredis.Redis | coredis.RedisCluster):
-        return CoredisDriver(client)
+        return CoredisDriver(client, pipeline=pipeline, max_batch=max_batch)
     raise TypeError(
         "RedisStorage needs a valkey-glide GlideClient or GlideClusterClient, or a coredis "
         f"Redis or RedisCluster client, not {type(client).__module__}.{type(client).__qualname__}"
