@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import fcntl
 import logging
 import math
 import os
@@ -149,11 +150,14 @@ async def test_expiry_survives_a_restart_and_purge_removes_it(
             await second.read_bytes("short")
         assert await second.read("long", read_all) == LARGE
         assert len(files(tmp_path)) == 3  # a read changes nothing
-        assert await second.purge() == DirectoryPurgeResult(expired=1, corrupt=0, temporary=0)
+        # The session's two fan-out folders are left empty, and go too.
+        assert await second.purge() == DirectoryPurgeResult(1, 0, 0, folders=2)
         assert len(files(tmp_path)) == 2
         clock.advance(10_000_000)
-        assert await second.purge() == DirectoryPurgeResult(expired=1, corrupt=0, temporary=0)
+        assert await second.purge() == DirectoryPurgeResult(1, 0, 0, folders=2)
         assert await second.read_bytes("forever") == b"c"
+        top, sub, name = session_file(tmp_path).relative_to(tmp_path).parts
+        assert tree(tmp_path).keys() == {f"{top}", f"{top}/{sub}", f"{top}/{sub}/{name}"}
 
 
 def _truncate_payload(data: bytes) -> bytes:
@@ -167,7 +171,7 @@ def _flip_last_byte(data: bytes) -> bytes:
 CORRUPTIONS: dict[str, Callable[[bytes], bytes]] = {
     "empty": lambda data: b"",
     "half header": lambda data: data[:10],
-    "header only": lambda data: data[:28],
+    "header only": lambda data: data[:36],
     "truncated payload": _truncate_payload,
     "trailing garbage": lambda data: data + b"x",
     "bad magic": lambda data: b"XXXX" + data[4:],
@@ -199,8 +203,9 @@ async def test_unreadable_files_read_as_absent_and_purge_removes_them(
         assert caplog.records, "no warning was logged"
         assert all("victim" not in record.getMessage() for record in caplog.records)
         assert path.exists()
-        assert await storage.purge() == DirectoryPurgeResult(expired=0, corrupt=1, temporary=0)
+        assert await storage.purge() == DirectoryPurgeResult(0, corrupt=1, temporary=0, folders=2)
         assert not path.exists()
+        assert tree(Path(storage.root)) == {}
         await storage.write_bytes("victim-session", b"new")
         assert await storage.read_bytes("victim-session") == b"new"
 
@@ -244,17 +249,22 @@ async def test_purge_keeps_a_session_rewritten_while_it_looks(
     with trio.fail_after(10):
         await storage.write_bytes("racy", b"old", ttl=1)
         clock.advance(2)
-        path = str(session_file(Path(storage.root)))
-        real_rename = os.rename
+        other = DirectoryStorage(storage.root)  # another process, renewing the session
+        real_flock = fcntl.flock
+        renewed: list[bool] = []
 
-        def rename_after_a_rewrite(src: str, dst: str) -> None:
-            if src == path:  # another process renews the session just now
-                storage._write_file(os.path.dirname(path), path, b"renewed", math.inf)
-            real_rename(src, dst)
+        def flock_after_a_rewrite(fd: int, operation: int) -> None:
+            # Purge found the file expired and now takes the folder's lock to remove it:
+            # just before, the other process rewrites the session.
+            if operation == fcntl.LOCK_EX and not renewed:
+                renewed.append(True)
+                other._write_file("racy", b"renewed", math.inf, -1, 0.0)
+            real_flock(fd, operation)
 
-        monkeypatch.setattr(os, "rename", rename_after_a_rewrite)
+        monkeypatch.setattr(fcntl, "flock", flock_after_a_rewrite)
         assert await storage.purge() == DirectoryPurgeResult(expired=0, corrupt=0, temporary=0)
         monkeypatch.undo()
+        assert renewed
         assert await storage.read_bytes("racy") == b"renewed"
         assert temp_files(Path(storage.root)) == []
 

@@ -26,7 +26,7 @@ def populate(root: Path) -> None:
 
     trio.run(fill)
     by_size = sorted((p for p in root.rglob("*") if p.is_file()), key=lambda p: p.stat().st_size)
-    broken = next(p for p in by_size if p.stat().st_size == 28 + 10)
+    broken = next(p for p in by_size if p.stat().st_size == 36 + 10)
     broken.write_bytes(b"garbage")
     temp = broken.parent / ".0000111122223333.tmp"
     temp.write_bytes(b"half")

@@ -27,6 +27,7 @@ from trio_sessions import SESSION_ID_PATTERN, DirectoryStorage, InvalidSessionId
 
 TOTAL = int(os.environ.get("TRIO_SESSIONS_HOSTILE_IDS", "100000"))
 VALID = re.compile(SESSION_ID_PATTERN, re.ASCII)
+FOLDER_OR_HASH = re.compile(r"[0-9a-f]{2}|[0-9a-f]{64}")
 
 FIXED: list[Any] = [
     *("", ".", "..", "...", "/", "//", "\\", "\\\\", "\x00", "a\x00", "\x00a", "C:", "c:", "C:\\"),
@@ -92,8 +93,13 @@ class AccessLog:
         else:
             return
         if isinstance(path, str | bytes | os.PathLike):
+            path = os.fsdecode(path)
+            # A bare name is opened relative to a folder's descriptor (the audit event
+            # does not say which): keep it as it is, to check it cannot lead elsewhere.
+            if os.sep in path:
+                path = os.path.abspath(path)
             with self.lock:
-                self.accesses.append((event, os.path.abspath(os.fsdecode(path)), changes))
+                self.accesses.append((event, path, changes))
 
     def take(self) -> list[tuple[str, str, bool]]:
         with self.lock:
@@ -159,7 +165,10 @@ async def _try_ids(storage: DirectoryStorage, ids: list[Any], log: AccessLog) ->
         await storage.invalidate(good)
     for event, path, changes in log.take():
         assert not changes, f"{event} {path}: a miss tried to create or change something"
-        assert os.path.commonpath([storage.root, path]) == storage.root, f"{event} outside root"
+        if os.path.isabs(path):
+            assert os.path.commonpath([storage.root, path]) == storage.root, f"{event} outside root"
+        else:  # relative to the root or one of its folders: a fan-out folder or a hash
+            assert FOLDER_OR_HASH.fullmatch(path), f"{event} {path!r}: not a storage name"
     return len(invalid), len(valid)
 
 

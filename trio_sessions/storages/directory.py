@@ -1,42 +1,54 @@
 """`DirectoryStorage`: one file per session under a root directory.
 
 Layout: the file of a session is named by the BLAKE2b hash of its id and fanned out into
-two levels of subdirectories, ``ROOT/3f/a9/3fa9...`` (64 hex digits), so an id never
-becomes a path and a listing does not reveal live ids. A file holds a small header
-(magic, format version, expiry, payload length, CRC-32 of the payload) and the payload.
+two levels of folders, ``ROOT/3f/a9/3fa9...`` (64 hex digits), so an id never becomes a
+path and a listing does not reveal live ids. A file holds a header (magic, format,
+expiry, version, payload length, CRC-32 of the payload) and the payload. Files are never
+changed in place: a write creates a temporary file (``.<random>.tmp``) beside its target,
+``fsync``\\ s it and renames it over the target, so a reader that opened a file reads one
+complete value, whatever happens meanwhile.
 
-A write creates a temporary file (``.<random>.tmp``) beside its target, writes the header
-and the payload, ``fsync``\\ s it, renames it over the target with `os.replace` (atomic,
-also across processes) and ``fsync``\\ s the directory. Readers open the target only, so
-they see the complete old file or the complete new one; a reader that already opened
-the old file keeps reading it whole. On any failure or cancellation the temporary file
-is removed; after a crash, `DirectoryStorage.purge` sweeps it.
+Every change of a session's name (a rename, an unlink) happens under an exclusive
+``flock`` of its fan-out folder, taken on a descriptor of its own, so it excludes other
+threads and other processes alike and dies with its holder. A conditional write checks
+the stored version and renames under that lock; reads take no lock.
 
-All file work runs in worker threads under a `trio.CapacityLimiter`. A value that fits
-one chunk (64 KiB) costs one thread hop per operation; a larger one streams chunk by
-chunk, one hop each, so memory stays O(chunk) whatever the session's size.
+Folders are opened one level at a time, relative to their parent's descriptor, with
+``O_NOFOLLOW``, and checked with ``fstat``: owned by this process's user and writable by
+no one else. A symbolic link or a foreign folder is refused, never followed.
+
+All file work runs in worker threads under a `trio.CapacityLimiter`, one thread hop per
+operation for values up to one chunk (64 KiB); a larger one streams chunk by chunk.
 """
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import logging
 import math
 import os
 import secrets
+import shlex
+import stat
 import struct
 import time
 import zlib
-from collections.abc import Callable
-from contextlib import suppress
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager, suppress
 from dataclasses import dataclass
-from typing import Any, TypeVar, final
+from typing import Any, NamedTuple, TypeVar, final
 
 import trio
 
 from .._abc import DEFAULT_MAX_SIZE
-from .._base import StorageBase
+from .._base import ConditionalBase
 from .._errors import SessionNotFound, StorageError
+
+try:
+    import fcntl
+except ImportError:  # not a POSIX system: the constructor says so
+    fcntl = None  # type: ignore[assignment]
 
 __all__ = ["DirectoryPurgeResult", "DirectoryStorage", "DirectoryStorageStatistics"]
 
@@ -44,17 +56,30 @@ logger = logging.getLogger(__name__)
 R = TypeVar("R")
 
 _MAGIC = b"TSsn"
-_VERSION = 1
-#: magic, version, expiry (wall-clock seconds, inf: never), payload length, payload CRC-32
-_HEADER = struct.Struct(">4sB3xdQI")
+_FORMAT = 2
+#: magic, format, expiry (wall-clock seconds, inf: never), version, payload length, CRC-32
+_HEADER = struct.Struct(">4sB3xdQQI")
+#: format 1 (no version): read, never written
+_HEADER_V1 = struct.Struct(">4sB3xdQI")
 _CHUNK = 64 * 1024
 _NAME_LENGTH = 64
 _HEX = frozenset("0123456789abcdef")
 _TEMP_SUFFIX = ".tmp"
-_CLOEXEC = getattr(os, "O_CLOEXEC", 0) | getattr(os, "O_BINARY", 0)
-_READ = os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0) | _CLOEXEC
-_CREATE = os.O_WRONLY | os.O_CREAT | os.O_EXCL | _CLOEXEC
-_DIRECTORY = os.O_RDONLY | getattr(os, "O_DIRECTORY", 0) | _CLOEXEC
+#: The shared count of session files and payload bytes, kept when a quota is set.
+_QUOTA_FILE = ".quota"
+_QUOTA = struct.Struct(">4sQQ")
+_QUOTA_MAGIC = b"TSqt"
+#: Names a storage root may hold besides its fan-out folders.
+_ROOT_EXTRAS = frozenset({_QUOTA_FILE, "lost+found"})
+_RETRIES = 8  # a purge may remove an empty folder a writer was about to use: try again
+_ANY = -1  # the expected version of an unconditional write (versions are >= 1)
+
+_CLOEXEC = getattr(os, "O_CLOEXEC", 0)
+_NOFOLLOW = getattr(os, "O_NOFOLLOW", 0)
+_READ = os.O_RDONLY | _NOFOLLOW | getattr(os, "O_NONBLOCK", 0) | _CLOEXEC
+_CREATE = os.O_WRONLY | os.O_CREAT | os.O_EXCL | _NOFOLLOW | _CLOEXEC
+_DIRECTORY = os.O_RDONLY | getattr(os, "O_DIRECTORY", 0) | _NOFOLLOW | _CLOEXEC
+_LEDGER = os.O_RDWR | _NOFOLLOW | _CLOEXEC
 
 
 @dataclass(frozen=True, slots=True)
@@ -79,11 +104,30 @@ class DirectoryPurgeResult:
     corrupt: int
     #: Temporary files older than the grace period.
     temporary: int
+    #: Empty fan-out folders.
+    folders: int = 0
 
 
 # ------------------------------------------------------------ file primitives
-# Blocking functions, run in worker threads. They call the `os` module only (looked up
-# at call time), so tests can make any of these calls fail.
+# Blocking functions, run in worker threads. They call the `os` and `fcntl` modules only
+# (looked up at call time), so tests can make any of these calls fail.
+
+
+def _os_text(exc: OSError) -> str:
+    if exc.errno is None:
+        return str(exc)
+    return f"[Errno {exc.errno}] {exc.strerror}"
+
+
+@contextmanager
+def _os_errors(action: str, path: str) -> Iterator[None]:
+    """Turn an `OSError` into a `StorageError` naming *path* and the system's message."""
+    try:
+        yield
+    except OSError as exc:
+        raise StorageError(
+            f"DirectoryStorage could not {action} in {path}: {_os_text(exc)}"
+        ) from exc
 
 
 def _write_all(fd: int, data: bytes) -> None:
@@ -104,63 +148,196 @@ def _read_exact(fd: int, size: int) -> bytes | None:
     return parts[0] if len(parts) == 1 else b"".join(parts)
 
 
-def _sync_directory(path: str) -> None:
-    if os.name != "posix":
-        return  # directories cannot be opened for fsync elsewhere
-    fd = os.open(path, _DIRECTORY)
+def _refuse(path: str, why: str, fix: str) -> StorageError:
+    return StorageError(f"DirectoryStorage refuses {path}: {why}; {fix}")
+
+
+def _check_dir(fd: int, path: str) -> None:
+    """Refuse a folder another user owns or may write to."""
+    info = os.fstat(fd)
+    uid = os.geteuid()
+    if info.st_uid != uid:
+        raise _refuse(
+            path,
+            f"it is owned by uid {info.st_uid}, not by uid {uid} that runs this process, so "
+            "that user could read or replace its sessions",
+            f"give it to this user (chown {uid} {shlex.quote(path)}) or choose another root",
+        )
+    if info.st_mode & 0o022:
+        raise _refuse(
+            path,
+            f"other users may write to it (mode {stat.S_IMODE(info.st_mode):04o})",
+            f"restrict it: chmod 700 {shlex.quote(path)}",
+        )
+
+
+def _not_a_directory(name: str, dir_fd: int | None, path: str, exc: OSError) -> StorageError:
+    """Explain why *name* could not be opened as a folder: a link, or something else."""
+    try:
+        info = os.stat(name, dir_fd=dir_fd, follow_symlinks=False)
+    except OSError:
+        return StorageError(f"DirectoryStorage could not open {path}: {_os_text(exc)}")
+    if stat.S_ISLNK(info.st_mode):
+        with suppress(OSError):
+            path = f"{path} (a link to {os.readlink(name, dir_fd=dir_fd)})"
+        return _refuse(
+            path,
+            "it is a symbolic link, which DirectoryStorage never follows",
+            "use the real directory as the root; inside a root, remove the link",
+        )
+    return _refuse(path, "it is not a directory", "remove it or choose another root")
+
+
+def _open_dir(name: str, dir_fd: int | None, path: str, create: bool, durable: bool) -> int | None:
+    """Open the folder *name* (relative to *dir_fd*), checked; ``None`` if it is missing.
+
+    With *create*, a missing folder is made (mode 0700) first.
+    """
+    try:
+        fd = os.open(name, _DIRECTORY, dir_fd=dir_fd)
+    except FileNotFoundError:
+        if not create:
+            return None
+        if dir_fd is None:
+            os.makedirs(os.path.dirname(name), exist_ok=True)
+        try:
+            os.mkdir(name, 0o700, dir_fd=dir_fd)
+        except FileExistsError:
+            pass
+        else:
+            if durable:
+                _sync_parent(dir_fd, name)
+        return _open_dir(name, dir_fd, path, False, durable)
+    except OSError as exc:
+        if exc.errno in (errno.ELOOP, errno.ENOTDIR, errno.EMLINK):
+            raise _not_a_directory(name, dir_fd, path, exc) from exc
+        raise
+    try:
+        _check_dir(fd, path)
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd
+
+
+def _sync_parent(dir_fd: int | None, name: str) -> None:
+    if dir_fd is not None:
+        os.fsync(dir_fd)
+        return
+    fd = os.open(os.path.dirname(name), os.O_RDONLY | _CLOEXEC)
     try:
         os.fsync(fd)
     finally:
         os.close(fd)
 
 
-def _read_header(fd: int) -> tuple[float, int, int] | None:
-    """Return ``(expires_at, length, crc)`` of an open session file, ``None`` if invalid."""
-    size = os.fstat(fd).st_size
-    raw = _read_exact(fd, _HEADER.size)
-    if raw is None:
-        return None
-    magic, version, expires_at, length, crc = _HEADER.unpack(raw)
-    if magic != _MAGIC or version != _VERSION or math.isnan(expires_at):
-        return None
-    if size != _HEADER.size + length:
-        return None  # truncated, or trailing garbage
-    return expires_at, length, crc
+class _Head(NamedTuple):
+    expires_at: float
+    version: int
+    length: int
+    crc: int
 
 
-def _open_session(path: str) -> int | None:
+def _new_version() -> int:
+    return secrets.randbits(63) or 1
+
+
+def _legacy_version(header: bytes, info: os.stat_result) -> int:
+    """The version of a format-1 file: the same in every process, new with every write."""
+    seed = header + struct.pack(">QQ", info.st_ino, info.st_mtime_ns)
+    return int.from_bytes(hashlib.blake2b(seed, digest_size=8).digest()) >> 1 or 1
+
+
+def _read_head(fd: int, want: int | None) -> tuple[_Head, bytes] | None:
+    """Read the header and up to *want* payload bytes (``None``: all of them).
+
+    Returns ``None`` if the file is not a valid session file.
+    """
+    info = os.fstat(fd)
+    if not stat.S_ISREG(info.st_mode) or info.st_size < _HEADER_V1.size:
+        return None
+    size = info.st_size if want is None else min(info.st_size, _HEADER.size + want)
+    if size > _HEADER.size + _CHUNK:
+        size = _HEADER.size  # a large payload gets a read of its own, not a copy
+    raw = _read_exact(fd, size)
+    if raw is None or raw[:4] != _MAGIC:
+        return None
+    if raw[4] == _FORMAT and len(raw) >= _HEADER.size:
+        _, _, expires_at, version, length, crc = _HEADER.unpack_from(raw)
+        start = _HEADER.size
+    elif raw[4] == 1:
+        _, _, expires_at, length, crc = _HEADER_V1.unpack_from(raw)
+        start = _HEADER_V1.size
+        version = _legacy_version(raw[:start], info)
+    else:
+        return None
+    if math.isnan(expires_at) or version < 1 or info.st_size != start + length:
+        return None  # truncated, trailing garbage, or nonsense
+    first = raw[start:]
+    if want is None and len(first) < length:
+        rest = _read_exact(fd, length - len(first))
+        if rest is None:
+            return None
+        first = first + rest if first else rest
+    return _Head(expires_at, version, length, crc), first
+
+
+def _payload_size(file_size: int) -> int:
+    """The payload bytes a session file counts for (statistics and quota)."""
+    return max(0, file_size - _HEADER.size)
+
+
+def _unreadable(path: str) -> None:
+    logger.warning("unreadable session file in %s: treated as absent, purge() removes it", path)
+
+
+def _intact(fd: int, head: _Head, first: bytes) -> bool:
+    """Whether the rest of the payload matches the header's CRC (reads it all)."""
+    crc, remaining = zlib.crc32(first), head.length - len(first)
+    while remaining > 0:
+        chunk = os.read(fd, min(remaining, _CHUNK))
+        if not chunk:
+            return False
+        crc = zlib.crc32(chunk, crc)
+        remaining -= len(chunk)
+    return crc == head.crc
+
+
+def _live_version(leaf_fd: int, name: str, now: float, whole: bool) -> int | None:
+    """The version of the live value in *name*: ``None`` if missing, expired or unreadable.
+
+    The payload's checksum is checked only if *whole*: a reader that found the payload
+    damaged expects no version, one that read a version knows the payload was intact.
+    """
     try:
-        return os.open(path, _READ)
+        fd = os.open(name, _READ, dir_fd=leaf_fd)
+    except FileNotFoundError:
+        return None
+    try:
+        found = _read_head(fd, 0)
+        if found is None or found[0].expires_at <= now:
+            return None
+        if whole and not _intact(fd, found[0], found[1]):
+            return None
+        return found[0].version
+    finally:
+        os.close(fd)
+
+
+def _file_size(leaf_fd: int, name: str) -> int | None:
+    try:
+        return os.stat(name, dir_fd=leaf_fd, follow_symlinks=False).st_size
     except FileNotFoundError:
         return None
 
 
-def _unreadable(path: str) -> None:
-    logger.warning("unreadable session file %s: treated as absent, purge() removes it", path)
-
-
-def _judge(path: str, now: float) -> str | None:
-    """``"expired"``, ``"corrupt"`` or ``None`` (live or missing); reads the payload's CRC."""
-    fd = _open_session(path)
-    if fd is None:
+def _read_counts(fd: int) -> tuple[int, int] | None:
+    """The (sessions, payload bytes) of the quota ledger; ``None`` if new or damaged."""
+    raw = os.pread(fd, _QUOTA.size, 0)
+    if len(raw) != _QUOTA.size or raw[:4] != _QUOTA_MAGIC:
         return None
-    try:
-        header = _read_header(fd)
-        if header is None:
-            return "corrupt"
-        expires_at, length, crc = header
-        actual = 0
-        while length > 0:
-            chunk = os.read(fd, min(length, _CHUNK))
-            if not chunk:
-                return "corrupt"
-            actual = zlib.crc32(chunk, actual)
-            length -= len(chunk)
-        if actual != crc:
-            return "corrupt"
-        return "expired" if expires_at <= now else None
-    finally:
-        os.close(fd)
+    _, sessions, size = _QUOTA.unpack(raw)
+    return sessions, size
 
 
 def _is_temp(name: str) -> bool:
@@ -171,95 +348,97 @@ def _is_session(name: str, prefix: str) -> bool:
     return len(name) == _NAME_LENGTH and name.startswith(prefix) and _HEX.issuperset(name)
 
 
-def _fanout(path: str) -> list[str]:
-    """The names of *path*'s two-hex-digit subdirectories (none if *path* is missing)."""
+def _fanout(dir_fd: int) -> list[str]:
+    """The names of the two-hex-digit entries of a folder (links included: they are refused)."""
+    return sorted(n for n in os.listdir(dir_fd) if len(n) == 2 and _HEX.issuperset(n))
+
+
+def _remove_if_empty(name: str, dir_fd: int) -> int:
     try:
-        with os.scandir(path) as entries:
-            return sorted(
-                e.name
-                for e in entries
-                if len(e.name) == 2 and _HEX.issuperset(e.name) and e.is_dir(follow_symlinks=False)
-            )
-    except FileNotFoundError:
-        return []
+        os.rmdir(name, dir_fd=dir_fd)
+    except OSError as exc:
+        if exc.errno in (errno.ENOTEMPTY, errno.EEXIST, errno.ENOENT):
+            return 0
+        raise
+    return 1
 
 
-def _make_directories(directory: str, durable: bool) -> None:
-    """Create the root and the two fan-out levels, private; other writers may race us."""
-    top = os.path.dirname(directory)
-    root = os.path.dirname(top)
-    os.makedirs(root, 0o700, exist_ok=True)
-    for path in (top, directory):
-        with suppress(FileExistsError):
-            os.mkdir(path, 0o700)
-    if durable:
-        _sync_directory(root)
-        _sync_directory(top)
+def _count_leaf(leaf_fd: int, prefix: str) -> tuple[int, int, int]:
+    sessions = size = temporary = 0
+    for name in os.listdir(leaf_fd):
+        if _is_temp(name):
+            temporary += 1
+        elif _is_session(name, prefix):
+            with suppress(FileNotFoundError):
+                info = os.stat(name, dir_fd=leaf_fd, follow_symlinks=False)
+                if stat.S_ISREG(info.st_mode):
+                    size += _payload_size(info.st_size)
+                    sessions += 1
+    return sessions, size, temporary
 
 
-class _TempFile:
-    """A temporary file beside *target* that becomes *target* on `commit`."""
+@final
+class _Place:
+    """The open, checked folders of one session: the root and its fan-out folder."""
 
-    def __init__(self, directory: str, target: str, durable: bool) -> None:
-        self.target = target
-        self.durable = durable
-        self.crc = 0
-        self.length = 0
-        path = os.path.join(directory, f".{secrets.token_hex(8)}{_TEMP_SUFFIX}")
+    __slots__ = ("leaf", "name", "path", "root")
+
+    def __init__(self, root: int, leaf: int, name: str, path: str) -> None:
+        self.root, self.leaf, self.name, self.path = root, leaf, name, path
+
+    def close(self) -> None:
+        fds, self.root, self.leaf = (self.leaf, self.root), -1, -1
         try:
-            self.fd = os.open(path, _CREATE, 0o600)
-        except FileNotFoundError:
-            _make_directories(directory, durable)
-            self.fd = os.open(path, _CREATE, 0o600)
-        self.path: str | None = path
+            if fds[0] >= 0:
+                os.close(fds[0])
+        finally:
+            if fds[1] >= 0:
+                os.close(fds[1])
 
-    def write(self, data: bytes) -> None:
-        _write_all(self.fd, data)
-        self.crc = zlib.crc32(data, self.crc)
-        self.length += len(data)
 
-    def commit(self, expires_at: float | None = None) -> None:
-        """Write the header (unless written already), then make the file the target."""
-        if expires_at is not None:
-            os.lseek(self.fd, 0, os.SEEK_SET)
-            _write_all(self.fd, _HEADER.pack(_MAGIC, _VERSION, expires_at, self.length, self.crc))
-        if self.durable:
-            os.fsync(self.fd)
-        fd, self.fd = self.fd, -1
-        os.close(fd)
-        assert self.path is not None
-        os.replace(self.path, self.target)
-        self.path = None  # committed: from here on, a failure cannot bring the old value back
-        if self.durable:
-            _sync_directory(os.path.dirname(self.target))
+@contextmanager
+def _locked(leaf_fd: int) -> Iterator[None]:
+    """Hold the exclusive lock of a fan-out folder: its names change only under it."""
+    fcntl.flock(leaf_fd, fcntl.LOCK_EX)
+    try:
+        yield
+    finally:
+        fcntl.flock(leaf_fd, fcntl.LOCK_UN)
 
-    def discard(self) -> None:
-        """Close and remove the file if it is still there; never raises."""
-        if self.fd >= 0:
-            fd, self.fd = self.fd, -1
-            with suppress(OSError):
-                os.close(fd)
-        if self.path is not None:
-            path, self.path = self.path, None
-            with suppress(OSError):
-                os.unlink(path)
+
+def _check_count(value: object, what: str) -> int | None:
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise TypeError(f"{what} must be a positive int or None (got {value!r})")
+    return value
 
 
 # ------------------------------------------------------------------- storage
 
 
 @final
-class DirectoryStorage(StorageBase):
+class DirectoryStorage(ConditionalBase):
     """Sessions as files under *root*: crash-safe, streaming, safe for several processes.
 
-    * *root*: the directory (created with the first write); give each application its own.
+    * *root*: the directory (created, mode 0700, with the first write); give each
+      application its own. It must be a real directory (not a symbolic link) owned by
+      the user running the process and writable by no one else, and so must every
+      folder in it; otherwise operations raise `StorageError` saying what to fix.
     * *fsync*: flush each write (and invalidation) to disk before returning. Without it, a
       crash of the machine (not of the process) may lose recent writes, never tear one.
     * *max_size*: the largest payload accepted, in bytes.
+    * *max_sessions*, *max_bytes*: a quota for the whole root, shared by every process
+      on it: a write that would create a session beyond *max_sessions*, or bring the
+      payload bytes beyond *max_bytes*, raises `StorageError` and stores nothing.
+      Expired sessions count until `purge` removes them.
     * *clock*: returns wall-clock seconds (default `time.time`); expiry times are stored
       in the files, so they survive restarts and are shared by every process on *root*.
     * *limiter*: bounds the worker threads doing this storage's file work (default: a
       new `trio.CapacityLimiter` of 8); pass one to share a bound between storages.
+
+    The constructor checks an existing *root* (one ``lstat``): a symbolic link, or a
+    directory others may write to, raises `StorageError` at once.
 
     Reads never create, change or remove anything: expired and unreadable files stay
     until `purge` (run it periodically, e.g. ``trio-sessions purge ROOT`` from cron).
@@ -278,25 +457,70 @@ class DirectoryStorage(StorageBase):
         *,
         fsync: bool = True,
         max_size: int = DEFAULT_MAX_SIZE,
+        max_sessions: int | None = None,
+        max_bytes: int | None = None,
         clock: Callable[[], float] = time.time,
         limiter: trio.CapacityLimiter | None = None,
     ) -> None:
         super().__init__(max_size=max_size)
-        self._root = os.path.abspath(os.fspath(root))
+        if fcntl is None or os.name != "posix":
+            raise RuntimeError("DirectoryStorage needs a POSIX system (flock, openat)")
+        path = root if isinstance(root, str) else os.fspath(root)
+        if not isinstance(path, str):
+            raise TypeError(
+                f"root must be a str or os.PathLike[str] path, not {type(path).__name__}; "
+                "decode a bytes path with os.fsdecode()"
+            )
+        if not path or "\x00" in path:
+            raise ValueError(
+                f"root must name a directory, e.g. '/var/lib/myapp/sessions' (got {path!r})"
+            )
+        if not isinstance(fsync, bool):
+            raise TypeError(f"fsync must be True or False (got {fsync!r})")
+        if not callable(clock):
+            raise TypeError(f"clock must be a callable returning seconds (got {clock!r})")
+        if limiter is not None and not isinstance(limiter, trio.CapacityLimiter):
+            raise TypeError(f"limiter must be a trio.CapacityLimiter or None (got {limiter!r})")
+        self._max_sessions = _check_count(max_sessions, "max_sessions")
+        self._max_bytes = _check_count(max_bytes, "max_bytes")
+        self._quota = self._max_sessions is not None or self._max_bytes is not None
+        self._root = os.path.abspath(path)
         self._fsync = fsync
         self._clock = clock
         self._limiter = limiter if limiter is not None else trio.CapacityLimiter(8)
+        self._check_existing_root()
+
+    def _check_existing_root(self) -> None:
+        try:
+            info = os.lstat(self._root)
+        except FileNotFoundError:
+            return
+        except OSError as exc:
+            message = f"DirectoryStorage could not open {self._root}: {_os_text(exc)}"
+            raise StorageError(message) from exc
+        if stat.S_ISLNK(info.st_mode):
+            raise _refuse(
+                self._root,
+                "it is a symbolic link, which DirectoryStorage never follows",
+                f"use the real directory: {os.path.realpath(self._root)}",
+            )
+        if not stat.S_ISDIR(info.st_mode):
+            raise _refuse(self._root, "it is not a directory", "choose another root")
+        if info.st_mode & 0o022:
+            raise _refuse(
+                self._root,
+                f"other users may write to it (mode {stat.S_IMODE(info.st_mode):04o})",
+                f"restrict it: chmod 700 {shlex.quote(self._root)}",
+            )
 
     @property
     def root(self) -> str:
         """The absolute path of the root directory."""
         return self._root
 
-    def _path(self, session_id: str) -> tuple[str, str]:
-        """The directory and the file of *session_id*."""
-        name = hashlib.blake2b(session_id.encode(), digest_size=32).hexdigest()
-        directory = os.path.join(self._root, name[:2], name[2:4])
-        return directory, os.path.join(directory, name)
+    def _failure(self, action: str, exc: BaseException) -> StorageError:
+        text = _os_text(exc) if isinstance(exc, OSError) else repr(exc)
+        return StorageError(f"DirectoryStorage could not {action} in {self._root}: {text}")
 
     def _expiry(self, ttl: float | None) -> float:
         # Called on the event loop's thread: the clock may be trio.current_time.
@@ -305,188 +529,567 @@ class DirectoryStorage(StorageBase):
     async def _run(self, fn: Callable[..., R], *args: Any) -> R:
         return await trio.to_thread.run_sync(fn, *args, limiter=self._limiter)
 
-    async def _maintain(self, action: str, fn: Callable[..., R], *args: Any) -> R:
-        try:
-            return await self._run(fn, *args)
-        except OSError as exc:
-            raise self._failure(action, exc) from exc
-
     def _check_open(self) -> None:
         if self._closed:
             raise trio.ClosedResourceError("DirectoryStorage is closed")
 
-    # ---------------------------------------------------------- whole values
+    # ---------------------------------------------------------------- places
 
-    async def _store(self, session_id: str, data: bytes, ttl: float | None) -> None:
-        directory, path = self._path(session_id)
-        await self._run(self._write_file, directory, path, data, self._expiry(ttl))
+    def _where(self, session_id: str) -> tuple[str, str]:
+        """The file name of *session_id* and the path of its fan-out folder."""
+        name = hashlib.blake2b(session_id.encode(), digest_size=32).hexdigest()
+        return name, os.path.join(self._root, name[:2], name[2:4])
 
-    def _write_file(self, directory: str, path: str, data: bytes, expires_at: float) -> None:
-        temp = _TempFile(directory, path, self._fsync)
+    def _open_root(self, create: bool) -> int | None:
+        return _open_dir(self._root, None, self._root, create, self._fsync)
+
+    def _open_leaf(self, root_fd: int, name: str, create: bool) -> int | None:
+        top = os.path.join(self._root, name[:2])
+        top_fd = _open_dir(name[:2], root_fd, top, create, self._fsync)
+        if top_fd is None:
+            return None
         try:
-            _write_all(
-                temp.fd, _HEADER.pack(_MAGIC, _VERSION, expires_at, len(data), zlib.crc32(data))
+            leaf_fd = _open_dir(
+                name[2:4], top_fd, os.path.join(top, name[2:4]), create, self._fsync
             )
-            _write_all(temp.fd, data)
-            temp.commit()
         except BaseException:
-            temp.discard()
+            os.close(top_fd)
+            raise
+        try:
+            os.close(top_fd)
+        except BaseException:
+            if leaf_fd is not None:
+                os.close(leaf_fd)
+            raise
+        return leaf_fd
+
+    def _place(self, session_id: str) -> _Place | None:
+        """Open the folders of an existing session (``None`` if they are missing)."""
+        name, path = self._where(session_id)
+        root_fd = self._open_root(False)
+        if root_fd is None:
+            return None
+        try:
+            leaf_fd = self._open_leaf(root_fd, name, False)
+        except BaseException:
+            os.close(root_fd)
+            raise
+        if leaf_fd is None:
+            os.close(root_fd)
+            return None
+        return _Place(root_fd, leaf_fd, name, path)
+
+    def _prepare(self, session_id: str, size: int) -> tuple[_Place, str, int]:
+        """Make the session's folders and a temporary file in them: (place, name, fd)."""
+        name, path = self._where(session_id)
+        root_fd = self._open_root(True)
+        assert root_fd is not None
+        try:
+            if self._quota:
+                self._precheck(root_fd, name, size)
+            for attempt in range(_RETRIES):
+                try:
+                    leaf_fd = self._open_leaf(root_fd, name, True)
+                    assert leaf_fd is not None
+                except FileNotFoundError:  # a purge removed a folder on our way down
+                    if attempt == _RETRIES - 1:
+                        raise
+                    continue
+                temp = f".{secrets.token_hex(8)}{_TEMP_SUFFIX}"
+                try:
+                    fd = os.open(temp, _CREATE, 0o600, dir_fd=leaf_fd)
+                except BaseException as exc:
+                    os.close(leaf_fd)
+                    if isinstance(exc, FileNotFoundError) and attempt < _RETRIES - 1:
+                        continue  # the folder was empty, and a purge removed it
+                    raise
+                return _Place(root_fd, leaf_fd, name, path), temp, fd
+            raise AssertionError("unreachable")
+        except BaseException:
+            os.close(root_fd)
             raise
 
+    # ----------------------------------------------------------------- quota
+
+    def _quota_error(self, sessions: int, size: int, add: int, grow: int) -> StorageError | None:
+        fix = f"purge() expired sessions or raise the quota of {self._root}"
+        if add > 0 and self._max_sessions is not None and sessions + add > self._max_sessions:
+            return StorageError(
+                f"DirectoryStorage quota reached: {sessions} sessions stored, "
+                f"max_sessions={self._max_sessions}; {fix}"
+            )
+        if grow > 0 and self._max_bytes is not None and size + grow > self._max_bytes:
+            return StorageError(
+                f"DirectoryStorage quota reached: {size} payload bytes stored, this write "
+                f"adds {grow}, max_bytes={self._max_bytes}; {fix}"
+            )
+        return None
+
+    def _precheck(self, root_fd: int, name: str, size: int) -> None:
+        """Refuse early (before making any folder) a write the quota will refuse."""
+        try:
+            fd = os.open(_QUOTA_FILE, _LEDGER & ~os.O_RDWR, dir_fd=root_fd)
+        except FileNotFoundError:
+            return
+        try:
+            counts = _read_counts(fd)
+        finally:
+            os.close(fd)
+        if counts is None or self._quota_error(*counts, 1, size) is None:
+            return
+        old = None
+        leaf_fd = self._open_leaf(root_fd, name, False)
+        if leaf_fd is not None:
+            try:
+                old = _file_size(leaf_fd, name)
+            finally:
+                os.close(leaf_fd)
+        add, grow = (1, size) if old is None else (0, size - _payload_size(old))
+        error = self._quota_error(*counts, add, grow)
+        if error is not None:
+            raise error
+
+    def _counted(self, root_fd: int, delta: tuple[int, int], change: Callable[[], None]) -> None:
+        """Make *change* (a rename or an unlink), counting *delta* in the ledger if kept.
+
+        Called under the lock of the folder whose file changes. The ledger is changed
+        first, so a change the quota refuses does not happen, and restored if the change
+        fails.
+        """
+        counted = self._account(root_fd, delta, True)
+        try:
+            change()
+        except BaseException:
+            if counted:
+                with suppress(Exception):
+                    self._account(root_fd, (-delta[0], -delta[1]), False)
+            raise
+
+    def _account(self, root_fd: int, delta: tuple[int, int], enforce: bool) -> bool:
+        """Add *delta* (sessions, payload bytes) to the shared ledger, if there is one.
+
+        With a quota, a missing ledger is made (counting what the root holds) and, if
+        *enforce*, a change that would exceed the quota raises its `StorageError`.
+        Returns whether a ledger changed.
+        """
+        flags = _LEDGER | (os.O_CREAT if self._quota else 0)
+        try:
+            fd = os.open(_QUOTA_FILE, flags, 0o600, dir_fd=root_fd)
+        except FileNotFoundError:
+            return False
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX)  # released by close
+            counts = _read_counts(fd)
+            if counts is None:  # new, or damaged: count what is there
+                counts = self._tally(root_fd)
+            if self._quota and enforce:
+                error = self._quota_error(*counts, *delta)
+                if error is not None:
+                    raise error
+            sessions, size = max(0, counts[0] + delta[0]), max(0, counts[1] + delta[1])
+            os.pwrite(fd, _QUOTA.pack(_QUOTA_MAGIC, sessions, size), 0)
+        except BaseException:
+            os.close(fd)
+            raise
+        with suppress(OSError):  # the count is written: a failing close cannot undo it
+            os.close(fd)
+        return True
+
+    def _tally(self, root_fd: int) -> tuple[int, int]:
+        sessions = size = 0
+        for top in _fanout(root_fd):
+            counts = self._count_top(root_fd, top)
+            sessions, size = sessions + counts[0], size + counts[1]
+        return sessions, size
+
+    # ---------------------------------------------------------- whole values
+
     async def _load(self, session_id: str) -> bytes | None:
-        first, rest = await self._run(self._open_file, self._path(session_id)[1], self._clock(), 0)
+        first, rest, _ = await self._run(self._open_file, session_id, self._clock(), None)
         assert rest is None
         return first
 
-    def _open_file(self, path: str, now: float, chunk: int) -> tuple[bytes | None, _Source | None]:
-        """Read the whole payload (``chunk == 0``), or its first *chunk* bytes."""
-        fd = _open_session(path)
-        if fd is None:
-            return None, None
-        try:
-            header = _read_header(fd)
-            if header is None:
-                _unreadable(path)
-                return None, None
-            expires_at, length, crc = header
-            if expires_at <= now:
-                return None, None
-            first = _read_exact(fd, length if chunk == 0 else min(length, chunk))
-            if first is None:  # shorter than its header said a moment ago
-                _unreadable(path)
-                return None, None
-            if len(first) < length:
-                source = _Source(self, fd, length - len(first), zlib.crc32(first), crc, path)
-                fd = -1  # the source owns it now: it keeps this version of the file open
-                return first, source
-            if zlib.crc32(first) != crc:
-                _unreadable(path)
-                return None, None
-            return first, None
-        finally:
-            if fd >= 0:
+    async def _load_versioned(self, session_id: str) -> tuple[bytes, int] | None:
+        first, rest, version = await self._run(self._open_file, session_id, self._clock(), None)
+        assert rest is None
+        return None if first is None else (first, version)
+
+    def _open_file(
+        self, session_id: str, now: float, chunk: int | None
+    ) -> tuple[bytes | None, _Source | None, int]:
+        """Read ``(payload, None, version)``, or with *chunk* its first bytes and a source."""
+        path = self._where(session_id)[1]
+        with _os_errors("load", path):
+            place = self._place(session_id)
+            if place is None:
+                return None, None, 0
+            try:
+                fd = os.open(place.name, _READ, dir_fd=place.leaf)
+            except FileNotFoundError:
+                place.close()
+                return None, None, 0
+            except BaseException:
+                place.close()
+                raise
+            try:
+                place.close()
+            except BaseException:
                 os.close(fd)
+                raise
+            try:
+                found = _read_head(fd, chunk)
+                if found is None:
+                    _unreadable(path)
+                    return None, None, 0
+                head, first = found
+                if head.expires_at <= now:
+                    return None, None, 0
+                if len(first) < head.length:
+                    crc = zlib.crc32(first)
+                    source = _Source(self, fd, head.length - len(first), crc, head.crc, path)
+                    fd = -1  # the source owns it now: it keeps this version of the file open
+                    return first, source, head.version
+                if zlib.crc32(first) != head.crc:
+                    _unreadable(path)
+                    return None, None, 0
+                return first, None, head.version
+            finally:
+                if fd >= 0:
+                    os.close(fd)
+
+    async def _store(self, session_id: str, data: bytes, ttl: float | None) -> None:
+        await self._store_if(session_id, data, ttl, _ANY)
+
+    async def _store_if(
+        self, session_id: str, data: bytes, ttl: float | None, version: int | None
+    ) -> int | None:
+        now = self._clock()  # on the event loop's thread: the clock may be trio's
+        expires_at = math.inf if ttl is None else now + ttl
+        return await self._run(self._write_file, session_id, data, expires_at, version, now)
+
+    def _write_file(
+        self, session_id: str, data: bytes, expires_at: float, expect: int | None, now: float
+    ) -> int | None:
+        with _os_errors("store", self._where(session_id)[1]):
+            temp = _TempFile(self, session_id, len(data))
+            try:
+                temp.write(data, expires_at)
+                version = temp.commit(expect, now)
+            except BaseException:
+                temp.discard()
+                raise
+            temp.close()
+            return version
 
     async def _delete(self, session_id: str) -> None:
-        await self._run(self._remove_file, self._path(session_id)[1])
+        await self._run(self._remove_file, session_id, _ANY, 0.0)
 
-    def _remove_file(self, path: str) -> None:
-        try:
-            os.unlink(path)
-        except FileNotFoundError:
-            return
-        if self._fsync:
-            _sync_directory(os.path.dirname(path))
+    async def _delete_if(self, session_id: str, version: int) -> bool:
+        return await self._run(self._remove_file, session_id, version, self._clock())
+
+    def _remove_file(self, session_id: str, expect: int, now: float) -> bool:
+        with _os_errors("delete", self._where(session_id)[1]):
+            place = self._place(session_id)
+            if place is None:
+                return False
+            try:
+                with _locked(place.leaf):
+                    if (
+                        expect != _ANY
+                        and _live_version(place.leaf, place.name, now, False) != expect
+                    ):
+                        return False
+                    old = _file_size(place.leaf, place.name)
+                    if old is None:
+                        return False
+                    delta = (-1, -_payload_size(old))
+                    self._counted(
+                        place.root, delta, lambda: os.unlink(place.name, dir_fd=place.leaf)
+                    )
+                if self._fsync:
+                    os.fsync(place.leaf)
+                return True
+            finally:
+                place.close()
 
     # ------------------------------------------------------------- streaming
 
     async def _open_source(self, session_id: str) -> tuple[bytes, _Source | None]:
-        path = self._path(session_id)[1]
-        first, source = await self._run(self._open_file, path, self._clock(), _CHUNK)
+        first, source, _ = await self._run(self._open_file, session_id, self._clock(), _CHUNK)
         if first is None:
             raise SessionNotFound()
         return first, source
 
     async def _open_sink(self, session_id: str, ttl: float | None) -> _Sink:
-        directory, path = self._path(session_id)
-        temp = await self._run(self._open_temp, directory, path)
+        temp = await self._run(self._open_temp, session_id)
         return _Sink(self, temp, ttl)
 
-    def _open_temp(self, directory: str, path: str) -> _TempFile:
-        temp = _TempFile(directory, path, self._fsync)
-        try:
-            os.lseek(temp.fd, _HEADER.size, os.SEEK_SET)  # commit() writes the header
-        except BaseException:
-            temp.discard()
-            raise
-        return temp
+    def _open_temp(self, session_id: str) -> _TempFile:
+        with _os_errors("store", self._where(session_id)[1]):
+            temp = _TempFile(self, session_id, 0)
+            try:
+                os.lseek(temp.fd, _HEADER.size, os.SEEK_SET)  # the header comes last
+            except BaseException:
+                temp.discard()
+                raise
+            return temp
 
     # ----------------------------------------------------------- maintenance
 
     async def purge(self, *, temp_grace: float = 3600.0) -> DirectoryPurgeResult:
-        """Remove expired sessions, unreadable session files and stale temporary files.
+        """Remove expired sessions, unreadable files, stale temporary files, empty folders.
 
         A temporary file counts as stale when it was last modified more than
         *temp_grace* seconds ago (by the file system's clock): a write that is still in
-        progress keeps its file fresh. Safe while other processes use *root*: a session
-        rewritten while purge looks at it is kept. Reads each session file whole (to
-        check it), one worker-thread hop per first-level directory.
+        progress keeps its file fresh. Safe while other processes use *root*: a file is
+        removed under its folder's lock and only if it is still the one found dead, and
+        a writer whose folder a purge removed makes it again. Reads each session file
+        whole (to check it), one worker-thread hop per first-level folder.
         """
         self._check_open()
+        if isinstance(temp_grace, bool) or not isinstance(temp_grace, int | float):
+            raise TypeError(f"temp_grace must be a number of seconds (got {temp_grace!r})")
+        if math.isnan(temp_grace):
+            raise ValueError("temp_grace must be a number of seconds, not NaN")
         now, stale_before = self._clock(), time.time() - temp_grace
-        counts = {"expired": 0, "corrupt": 0, "temporary": 0}
-        for top in await self._maintain("purge", _fanout, self._root):
-            found = await self._maintain("purge", self._purge_top, top, now, stale_before)
-            for kind, count in found.items():
+        counts = dict.fromkeys(("expired", "corrupt", "temporary", "folders"), 0)
+        for top in await self._run(self._list_root, "purge"):
+            for kind, count in (await self._run(self._purge_top, top, now, stale_before)).items():
                 counts[kind] += count
         return DirectoryPurgeResult(**counts)
 
+    def _list_root(self, action: str) -> list[str]:
+        with _os_errors(action, self._root):
+            root_fd = self._open_root(False)
+            if root_fd is None:
+                return []
+            try:
+                return _fanout(root_fd)
+            finally:
+                os.close(root_fd)
+
     def _purge_top(self, top: str, now: float, stale_before: float) -> dict[str, int]:
-        counts = {"expired": 0, "corrupt": 0, "temporary": 0}
-        for sub in _fanout(os.path.join(self._root, top)):
-            directory = os.path.join(self._root, top, sub)
-            with suppress(FileNotFoundError), os.scandir(directory) as entries:
-                names = [e.name for e in entries if e.is_file(follow_symlinks=False)]
-            for name in names:
-                path = os.path.join(directory, name)
-                if _is_temp(name):
-                    with suppress(FileNotFoundError):
-                        if os.stat(path, follow_symlinks=False).st_mtime < stale_before:
-                            os.unlink(path)
-                            counts["temporary"] += 1
-                elif (
-                    _is_session(name, top + sub)
-                    and (verdict := _judge(path, now))
-                    and self._take(directory, path, now)
-                ):
-                    counts[verdict] += 1
+        counts = dict.fromkeys(("expired", "corrupt", "temporary", "folders"), 0)
+        top_path = os.path.join(self._root, top)
+        with _os_errors("purge", top_path):
+            root_fd = self._open_root(False)
+            if root_fd is None:
+                return counts
+            try:
+                top_fd = _open_dir(top, root_fd, top_path, False, self._fsync)
+                if top_fd is None:
+                    return counts
+                try:
+                    for sub in _fanout(top_fd):
+                        path = os.path.join(top_path, sub)
+                        with _os_errors("purge", path):
+                            leaf_fd = _open_dir(sub, top_fd, path, False, self._fsync)
+                            if leaf_fd is None:
+                                continue
+                            try:
+                                left = self._purge_leaf(
+                                    root_fd, leaf_fd, top + sub, now, stale_before, counts
+                                )
+                            finally:
+                                os.close(leaf_fd)
+                            if not left:
+                                counts["folders"] += _remove_if_empty(sub, top_fd)
+                    if not os.listdir(top_fd):
+                        counts["folders"] += _remove_if_empty(top, root_fd)
+                finally:
+                    os.close(top_fd)
+            finally:
+                os.close(root_fd)
         return counts
 
-    def _take(self, directory: str, path: str, now: float) -> bool:
-        """Remove the dead file at *path*, unless a writer replaced it meanwhile."""
-        grave = os.path.join(directory, f".{secrets.token_hex(8)}{_TEMP_SUFFIX}")
+    def _purge_leaf(
+        self,
+        root_fd: int,
+        leaf_fd: int,
+        prefix: str,
+        now: float,
+        stale_before: float,
+        counts: dict[str, int],
+    ) -> int:
+        """Purge one fan-out folder; return how many entries are left in it."""
+        left = removed = 0
+        for name in os.listdir(leaf_fd):
+            if _is_temp(name):
+                info = os.stat(name, dir_fd=leaf_fd, follow_symlinks=False)
+                if info.st_mtime < stale_before:
+                    with suppress(FileNotFoundError):
+                        os.unlink(name, dir_fd=leaf_fd)
+                        counts["temporary"] += 1
+                        continue
+            elif _is_session(name, prefix):
+                verdict = self._bury(root_fd, leaf_fd, name, now)
+                if verdict is not None:
+                    counts[verdict] += 1
+                    removed += 1
+                    continue
+            left += 1
+        if removed and self._fsync:
+            os.fsync(leaf_fd)
+        return left
+
+    def _bury(self, root_fd: int, leaf_fd: int, name: str, now: float) -> str | None:
+        """Remove *name* if it is expired or unreadable: ``"expired"``, ``"corrupt"`` or None."""
         try:
-            os.rename(path, grave)  # whatever is at *path* now is ours alone
+            fd = os.open(name, _READ, dir_fd=leaf_fd)
         except FileNotFoundError:
-            return False
-        if _judge(grave, now) is None:  # a fresh value arrived: put it back
-            try:
-                os.link(grave, path)
-            except FileExistsError:
-                pass  # ... unless an even newer one did: that one wins
-            except OSError:
-                os.rename(grave, path)  # a file system without hard links
-                return False
-            os.unlink(grave)
-            return False
-        os.unlink(grave)
-        if self._fsync:
-            _sync_directory(directory)
-        return True
+            return None
+        try:
+            found = _read_head(fd, _CHUNK)
+            if found is None or not _intact(fd, *found):
+                verdict = "corrupt"
+            elif found[0].expires_at <= now:
+                verdict = "expired"
+            else:
+                return None
+            dead = os.fstat(fd)
+            with _locked(leaf_fd):
+                info = os.stat(name, dir_fd=leaf_fd, follow_symlinks=False)
+                if (info.st_dev, info.st_ino) != (dead.st_dev, dead.st_ino):
+                    return None  # a writer replaced it meanwhile: that value stays
+                delta = (-1, -_payload_size(info.st_size))
+                self._counted(root_fd, delta, lambda: os.unlink(name, dir_fd=leaf_fd))
+            return verdict
+        except FileNotFoundError:
+            return None
+        finally:
+            os.close(fd)
 
     async def statistics(self) -> DirectoryStorageStatistics:
         """Count session files, payload bytes and temporary files (reads no payload)."""
         self._check_open()
         totals = [0, 0, 0]
-        for top in await self._maintain("count", _fanout, self._root):
-            for i, count in enumerate(await self._maintain("count", self._count_top, top)):
+        for top in await self._run(self._list_root, "count"):
+            for i, count in enumerate(await self._run(self._count_top_hop, top)):
                 totals[i] += count
         return DirectoryStorageStatistics(*totals)
 
-    def _count_top(self, top: str) -> tuple[int, int, int]:
-        sessions = size = temporary = 0
-        for sub in _fanout(os.path.join(self._root, top)):
-            with suppress(FileNotFoundError), os.scandir(os.path.join(self._root, top, sub)) as it:
-                for entry in it:
-                    if _is_temp(entry.name):
-                        temporary += 1
-                    elif _is_session(entry.name, top + sub) and entry.is_file(
-                        follow_symlinks=False
-                    ):
-                        with suppress(FileNotFoundError):
-                            size += max(0, entry.stat(follow_symlinks=False).st_size - _HEADER.size)
-                            sessions += 1
-        return sessions, size, temporary
+    def _count_top_hop(self, top: str) -> tuple[int, int, int]:
+        with _os_errors("count", os.path.join(self._root, top)):
+            root_fd = self._open_root(False)
+            if root_fd is None:
+                return 0, 0, 0
+            try:
+                return self._count_top(root_fd, top)
+            finally:
+                os.close(root_fd)
+
+    def _count_top(self, root_fd: int, top: str) -> tuple[int, int, int]:
+        totals = [0, 0, 0]
+        top_path = os.path.join(self._root, top)
+        top_fd = _open_dir(top, root_fd, top_path, False, False)
+        if top_fd is None:
+            return 0, 0, 0
+        try:
+            for sub in _fanout(top_fd):
+                leaf_fd = _open_dir(sub, top_fd, os.path.join(top_path, sub), False, False)
+                if leaf_fd is None:
+                    continue
+                try:
+                    for i, count in enumerate(_count_leaf(leaf_fd, top + sub)):
+                        totals[i] += count
+                finally:
+                    os.close(leaf_fd)
+        finally:
+            os.close(top_fd)
+        return totals[0], totals[1], totals[2]
+
+
+@final
+class _TempFile:
+    """A temporary file beside a session's file that becomes it on `commit`."""
+
+    def __init__(self, storage: DirectoryStorage, session_id: str, size: int) -> None:
+        self.storage = storage
+        self.place, self.name, self.fd = storage._prepare(session_id, size)
+        self.temp: str | None = self.name
+        self.version = 0
+        self.crc = 0
+        self.length = 0
+
+    def append(self, data: bytes) -> None:
+        _write_all(self.fd, data)
+        self.crc = zlib.crc32(data, self.crc)
+        self.length += len(data)
+
+    def write(self, data: bytes, expires_at: float) -> None:
+        """Write a whole value, header first (one write call)."""
+        self.length, self.crc = len(data), zlib.crc32(data)
+        header = self._header(expires_at)
+        written = os.writev(self.fd, [header, data])
+        if written < len(header):
+            _write_all(self.fd, header[written:])
+            written = len(header)
+        _write_all(self.fd, data[written - len(header) :])
+
+    def seal(self, expires_at: float) -> None:
+        """Write the header of a value written with `append`."""
+        os.lseek(self.fd, 0, os.SEEK_SET)
+        _write_all(self.fd, self._header(expires_at))
+
+    def _header(self, expires_at: float) -> bytes:
+        self.version = _new_version()
+        return _HEADER.pack(_MAGIC, _FORMAT, expires_at, self.version, self.length, self.crc)
+
+    def commit(self, expect: int | None, now: float) -> int | None:
+        """Make the file the session's, if its live version is *expect* (`_ANY`: always).
+
+        Returns the new version, or ``None`` (the file stays temporary) on a conflict.
+        """
+        storage, place = self.storage, self.place
+        if storage._fsync:
+            os.fsync(self.fd)
+        fd, self.fd = self.fd, -1
+        os.close(fd)
+        assert self.temp is not None
+        with _locked(place.leaf):
+            if (
+                expect != _ANY
+                and _live_version(place.leaf, place.name, now, expect is None) != expect
+            ):
+                return None
+            old = _file_size(place.leaf, place.name)
+            delta = (1, self.length) if old is None else (0, self.length - _payload_size(old))
+            temp, leaf = self.temp, place.leaf
+            storage._counted(
+                place.root,
+                delta,
+                lambda: os.replace(temp, place.name, src_dir_fd=leaf, dst_dir_fd=leaf),
+            )
+            self.temp = None  # committed: from here on, a failure cannot bring the old value back
+        if storage._fsync:
+            os.fsync(place.leaf)
+        return self.version
+
+    def close(self) -> None:
+        """Release the folders of a committed file (errors propagate)."""
+        if self.temp is not None:
+            self.discard()
+        else:
+            self.place.close()
+
+    def discard(self) -> None:
+        """Close everything and remove the temporary file if it is still there; never raises."""
+        if self.fd >= 0:
+            fd, self.fd = self.fd, -1
+            with suppress(OSError):
+                os.close(fd)
+        if self.temp is not None:
+            temp, self.temp = self.temp, None
+            try:
+                os.unlink(temp, dir_fd=self.place.leaf)
+            except OSError as exc:
+                logger.warning(
+                    "could not remove a temporary file in %s (%s): purge() removes it",
+                    self.place.path,
+                    _os_text(exc),
+                )
+        with suppress(OSError):
+            self.place.close()
 
 
 @final
@@ -509,15 +1112,16 @@ class _Source:
             await self._storage._run(self._close)
 
     def _read(self) -> bytes:
-        chunk = os.read(self._fd, min(self._remaining, _CHUNK))
-        self._remaining -= len(chunk)
-        self._crc = zlib.crc32(chunk, self._crc)
-        if not chunk or self._remaining == 0:
-            self._close()
-            if self._remaining or self._crc != self._expected:
-                _unreadable(self._path)
-                raise StorageError("the session file is corrupted")
-        return chunk
+        with _os_errors("read", self._path):
+            chunk = os.read(self._fd, min(self._remaining, _CHUNK))
+            self._remaining -= len(chunk)
+            self._crc = zlib.crc32(chunk, self._crc)
+            if not chunk or self._remaining == 0:
+                self._close()
+                if self._remaining or self._crc != self._expected:
+                    _unreadable(self._path)
+                    raise StorageError(f"a session file in {self._path} is corrupted")
+            return chunk
 
     def _close(self) -> None:
         fd, self._fd = self._fd, -1
@@ -533,6 +1137,7 @@ class _Sink:
         self._storage, self._temp, self._ttl = storage, temp, ttl
         self._pending: list[bytes] = []
         self._pending_size = 0
+        self._path = temp.place.path
 
     def _take(self) -> bytes:
         data = b"".join(self._pending)
@@ -545,19 +1150,59 @@ class _Sink:
         self._pending.append(chunk)
         self._pending_size += len(chunk)
         if self._pending_size >= _CHUNK:
-            await self._storage._run(self._temp.write, self._take())
+            await self._storage._run(self._append, self._take())
+
+    def _append(self, data: bytes) -> None:
+        with _os_errors("store", self._path):
+            self._temp.append(data)
 
     async def commit(self) -> None:
-        expires_at = self._storage._expiry(self._ttl)
-        await self._storage._run(self._commit, self._take(), expires_at)
+        now = self._storage._clock()
+        expires_at = math.inf if self._ttl is None else now + self._ttl
+        await self._storage._run(self._commit, self._take(), expires_at, now)
 
-    def _commit(self, rest: bytes, expires_at: float) -> None:
-        try:
-            self._temp.write(rest)
-            self._temp.commit(expires_at)
-        except BaseException:
-            self._temp.discard()
-            raise
+    def _commit(self, rest: bytes, expires_at: float, now: float) -> None:
+        with _os_errors("store", self._path):
+            try:
+                self._temp.append(rest)
+                self._temp.seal(expires_at)
+                self._temp.commit(_ANY, now)
+            except BaseException:
+                self._temp.discard()
+                raise
+            self._temp.close()
 
     async def abort(self) -> None:
         await self._storage._run(self._temp.discard)
+
+
+def root_problem(path: str) -> str | None:
+    """Why *path* is not a storage root one may purge or count, or ``None`` if it is one.
+
+    A root is a directory (not a link) that this user owns, that no one else may write
+    to, and that holds only fan-out folders (two hex digits) and the storage's own files.
+    Blocking: for command-line tools.
+    """
+    try:
+        info = os.lstat(path)
+    except OSError as exc:
+        return f"{path} cannot be opened: {_os_text(exc)}"
+    if stat.S_ISLNK(info.st_mode):
+        return f"{path} is a symbolic link; give the real directory: {os.path.realpath(path)}"
+    if not stat.S_ISDIR(info.st_mode):
+        return f"{path} is not a directory"
+    try:
+        names = os.listdir(path)
+    except OSError as exc:
+        return f"{path} cannot be listed: {_os_text(exc)}"
+    foreign = sorted(
+        n for n in names if not (len(n) == 2 and _HEX.issuperset(n)) and n not in _ROOT_EXTRAS
+    )
+    if foreign:
+        shown = ", ".join(repr(n) for n in foreign[:3])
+        more = f" and {len(foreign) - 3} more" if len(foreign) > 3 else ""
+        return (
+            f"{path} is not a DirectoryStorage root: it holds {shown}{more}, and a root holds "
+            "only two-hex-digit folders"
+        )
+    return None
