@@ -42,6 +42,7 @@ RUNNABLE = {
     "session_manager.py": "forged cookie: new session? True",
     "quart_app.py": "Hello, alice!",
     "asgi_app.py": "Hello, alice!",
+    "header_transport.py": "me with the old token: {'user': None}",
     "sqlite_storage.py": "8 passed, 1 skipped, 0 failed",
     "timed_storage.py": "8 passed, 1 skipped, 0 failed",
 }

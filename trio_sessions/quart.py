@@ -27,7 +27,7 @@ from typing import TYPE_CHECKING, Any, final
 import trio
 
 try:
-    from quart import Response
+    from quart import Response, abort
     from quart import session as _current_session
     from quart.globals import request_ctx, websocket_ctx
     from quart.sessions import NullSession, SessionInterface
@@ -48,13 +48,14 @@ from .sessions import (
     check_source,
     open_storage_source,
 )
+from .sessions._web import Autoload, autoload_policy, probe, response_headers
 
 if TYPE_CHECKING:
     from quart import Quart
     from quart.wrappers import BaseRequestWebsocket
     from werkzeug.wrappers import Response as WerkzeugResponse
 
-__all__ = ["TrioSessionInterface", "current_session", "init_app"]
+__all__ = ["TrioSessionInterface", "current_session", "init_app", "load_session"]
 
 logger = logging.getLogger("trio_sessions")
 
@@ -76,14 +77,21 @@ class TrioSessionInterface(SessionInterface):
     :param storage: a `SessionStorage` (its owner closes it), or a zero-argument callable
         returning an async context manager that yields one (opened in ``app.nursery``
         when the app starts serving, closed when it stops).
+    :param autoload: which requests get their session loaded before the view runs:
+        ``True`` (all, the default), ``False`` (none), a list of path prefixes, or a
+        function of the path. Elsewhere a view calls ``await load_session()``; a request
+        that never does costs no storage operation.
     :param options: keyword arguments for `SessionManager` (timeouts, ``secret_key``,
-        ``cookie``, ...).
+        ``cookie``, ``header``, ...).
     """
 
     null_session_class = _UnavailableSession
 
-    def __init__(self, storage: StorageSource, **options: Any) -> None:
+    def __init__(
+        self, storage: StorageSource, *, autoload: Autoload = True, **options: Any
+    ) -> None:
         check_source(storage)
+        self._autoload = autoload_policy(autoload)
         self._source = storage
         opened = storage if isinstance(storage, SessionStorage) else UNOPENED
         self.manager = SessionManager(opened, **options)
@@ -92,9 +100,13 @@ class TrioSessionInterface(SessionInterface):
     async def open_session(  # type: ignore[override]
         self, app: Quart, request: BaseRequestWebsocket
     ) -> Session | None:
-        cookies = "; ".join(request.headers.getlist("Cookie"))
+        session = self.manager.open_request(request.headers.items())
+        if not self._autoload(request.path):
+            await trio.lowlevel.checkpoint()
+            return session
         try:
-            return await self.manager.load_from_header(cookies)
+            await session.load()
+            return session
         except (StorageError, trio.ClosedResourceError) as exc:
             logger.error("session storage failed while loading a session", exc_info=exc)
             await trio.lowlevel.checkpoint()
@@ -114,8 +126,9 @@ class TrioSessionInterface(SessionInterface):
             if response is not None:
                 _replace(response, 503, _UNAVAILABLE_BODY)
                 response.headers["Retry-After"] = "5"
-                if logout:  # a failed logout still tells the browser to drop the cookie
-                    response.headers.add("Set-Cookie", self.manager.cookie.delete_cookie())
+                if logout:  # a failed logout still tells the client to drop the id
+                    name = self.manager.response_header(session)
+                    response.headers.add(name, self.manager.deletion(session))
             await trio.lowlevel.checkpoint()
             return
         except SessionDataError as exc:
@@ -126,21 +139,25 @@ class TrioSessionInterface(SessionInterface):
             return
         if response is None:
             if header is not None:
-                logger.warning("a session created during a websocket cannot set its cookie")
+                logger.warning("a session created during a websocket cannot send its id")
             return
-        if header is not None:
-            response.headers.add("Set-Cookie", header)
-            # A response that sets the session's cookie must never be cached and replayed.
-            if "no-store" not in response.headers.get("Cache-Control", "").lower():
-                response.headers["Cache-Control"] = "private, no-store"
-        if header is not None or session.accessed:
-            response.vary.add("Cookie")
+        added, policy = response_headers(
+            self.manager, session, header, response.headers.get("Cache-Control", "")
+        )
+        if policy is not None:
+            response.headers["Cache-Control"] = policy
+        for name, value in added:
+            if name == "Vary":
+                response.vary.add(value)
+            else:
+                response.headers.add(name, value)
 
     async def _start(self, app: QuartTrio) -> None:
         if isinstance(self._source, SessionStorage):
-            await trio.lowlevel.checkpoint()
+            await probe(self._source)
             return
         storage, self._stop = await app.nursery.start(open_storage_source, self._source)
+        await probe(storage)
         self.manager._bind(storage)
 
     async def _finish(self) -> None:
@@ -181,15 +198,36 @@ def current_session() -> Session:
     return value
 
 
-def init_app(app: QuartTrio, storage: StorageSource, **options: Any) -> TrioSessionInterface:
+async def load_session() -> Session:
+    """Load and return the current request's session (for routes outside ``autoload``).
+
+    A request that never calls it (nor is autoloaded) costs no storage operation. When
+    the storage fails, the request is answered with 503.
+    """
+    session = current_session()
+    try:
+        await session.load()
+    except (StorageError, trio.ClosedResourceError) as exc:
+        logger.error("session storage failed while loading a session", exc_info=exc)
+        abort(_unavailable())
+    return session  # noqa: ASYNC910 (load() checkpoints; abort() raises)
+
+
+def init_app(
+    app: QuartTrio, storage: StorageSource, *, autoload: Autoload = True, **options: Any
+) -> TrioSessionInterface:
     """Give *app* server-side sessions in *storage*; return the installed interface.
 
-    *options* go to `SessionManager`. The storage (if given as a factory) opens when the
-    app starts serving, in ``app.nursery``, and closes when it stops.
+    *autoload* and *options* go to `TrioSessionInterface` and `SessionManager`. The
+    storage (if given as a factory) opens when the app starts serving, in
+    ``app.nursery``, and closes when it stops.
     """
     if not isinstance(app, QuartTrio):
-        raise TypeError("init_app needs a quart_trio.QuartTrio application")
-    interface = TrioSessionInterface(storage, **options)
+        raise TypeError(
+            f"init_app needs a quart_trio.QuartTrio application, not {type(app).__name__} "
+            "(sessions here run on trio: use QuartTrio instead of Quart)"
+        )
+    interface = TrioSessionInterface(storage, autoload=autoload, **options)
     app.session_interface = interface  # type: ignore[assignment]
 
     async def start() -> None:

@@ -44,6 +44,7 @@ logger = logging.getLogger("trio_sessions")
 
 # The ids this layer issues: exactly what `new_session_id` returns.
 _ISSUED_ID = re.compile(r"[A-Za-z0-9_-]{43}", re.ASCII).fullmatch
+_HEADER_NAME = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+", re.ASCII).fullmatch
 # magic, created at, last refreshed at, end of a persistent lifetime (0: none); epoch seconds.
 _RECORD = struct.Struct("!4sddd")
 _MAGIC = b"tss2"
@@ -165,6 +166,13 @@ class SessionManager:
         until their cookies have expired. Signing is defence in depth: ids are 256-bit
         random values either way, but a signed cookie is rejected before any storage read.
     :param cookie: the cookie's name and attributes.
+    :param header: the name of a request/response header that carries the session id
+        instead of a cookie (Ktor's ``header`` transport; e.g. ``"X-Session-Id"``), for API
+        and mobile clients. A request that sends this header (even empty) uses it and
+        gets the (rotated) id back in the same header, an empty value when the session
+        ended; other requests use the cookie. ``None`` (the default): cookies only.
+    :param cookies: whether the cookie transport is on (``False`` with a ``header``: the
+        id travels only in the header).
     :param serializer: how data becomes bytes; JSON by default.
     :param touch_interval: how stale the recorded activity time may get before an unchanged
         session is written again to slide its idle timeout (at most one write per session
@@ -186,6 +194,8 @@ class SessionManager:
         max_lifetime: float = 30 * 24 * 60 * 60,
         secret_key: SecretKey | None = None,
         cookie: CookieOptions | None = None,
+        header: str | None = None,
+        cookies: bool = True,
         serializer: Serializer | None = None,
         touch_interval: float | None = None,
         on_storage_error: Literal["fail", "fresh"] = "fail",
@@ -213,6 +223,16 @@ class SessionManager:
         if cookie is not None and not isinstance(cookie, CookieOptions):
             raise TypeError(f"cookie must be a CookieOptions, not {type(cookie).__name__}")
         self.cookie = cookie if cookie is not None else CookieOptions()
+        if header is not None and (not isinstance(header, str) or not _HEADER_NAME(header)):
+            raise ValueError(
+                f"header must be an HTTP header name such as 'X-Session-Id' ({header!r})"
+            )
+        if not isinstance(cookies, bool):
+            raise TypeError(f"cookies must be True or False, not {cookies!r}")
+        if not cookies and header is None:
+            raise ValueError("with cookies=False, give a header= to carry the session id")
+        self.header = header
+        self.cookies = cookies
         if self.cookie.persistent and self.absolute_timeout is None:
             raise ValueError("a persistent cookie needs an absolute_timeout for its Max-Age")
         self.serializer: Serializer = serializer if serializer is not None else JSONSerializer()
@@ -289,6 +309,42 @@ class SessionManager:
         """`load` with this manager's cookie in a request's ``Cookie`` header."""
         return await self.load(self.cookie.find_all(cookie_header))
 
+    def open_request(self, headers: Iterable[tuple[str, str]]) -> Session:
+        """`open` the session of a request, from its headers (name, value); no I/O.
+
+        The id comes from the ``header`` transport if it is on and the request sends
+        that header, else from the cookie (if cookies are on). `Session.transport` says
+        which, and `response_header` names the header that `save`'s value goes in.
+        """
+        wanted = self.header.lower() if self.header is not None else None
+        cookie_parts: list[str] = []
+        header_values: list[str] = []
+        via_header = False
+        for name, value in headers:
+            lowered = name.lower()
+            if lowered == "cookie":
+                cookie_parts.append(value)
+            elif lowered == wanted:
+                via_header = True
+                header_values.extend(part.strip() for part in value.split(","))
+        if via_header or not self.cookies:
+            session = self.open(header_values)
+            session._transport = "header"
+        else:
+            session = self.open(self.cookie.find_all("; ".join(cookie_parts)))
+        return session
+
+    def response_header(self, session: Session) -> str:
+        """The response header that carries `save`'s value for *session*."""
+        if session._transport == "header":
+            assert self.header is not None
+            return self.header
+        return "Set-Cookie"
+
+    def vary(self, session: Session) -> str:
+        """The request header a response that used *session* varies by."""
+        return self.header if session._transport == "header" and self.header else "Cookie"
+
     async def _load_into(self, session: Session) -> None:
         session_id = session._id
         if session_id in self._revoking:
@@ -299,13 +355,13 @@ class SessionManager:
             found = await self._store.read_versioned(session_id)
         except SessionNotFound:
             self._fresh(session)
-            return
+            return  # noqa: ASYNC910 (storage methods checkpoint, also when they raise)
         except (StorageError, trio.ClosedResourceError) as exc:
             if self.on_storage_error == "fail":
                 raise
             logger.error("session storage failed; continuing with a new session", exc_info=exc)
             self._fresh(session)
-            return
+            return  # noqa: ASYNC910 (storage methods checkpoint, also when they raise)
         stored = self._parse(found, session._now)
         if stored is None:
             self._fresh(session)
@@ -389,10 +445,13 @@ class SessionManager:
     # ------------------------------------------------------------------ save
 
     async def save(self, session: Session) -> str | None:
-        """Store what changed; return the ``Set-Cookie`` header value to send, if any.
+        """Store what changed; return the response header value to send, if any.
 
-        A session that was not loaded or not changed is not written (only refreshed for
-        sliding expiry when due) and needs no header. Raises `StorageError` if the
+        For a session that came by cookie this is a ``Set-Cookie`` value; with the
+        ``header`` transport, the value of that header (the signed id, or an empty value
+        when the session ended). `response_header` names the header. A session that was
+        not loaded or not changed is not written (only refreshed for sliding expiry when
+        due) and needs no header. Raises `StorageError` if the
         storage fails and `SessionDataError` if the data cannot be stored; in both cases
         the stored session is left as it was (except a logout, which happens first).
         """
@@ -411,8 +470,8 @@ class SessionManager:
         if session._loaded_id is None:
             if not dict.__len__(session):
                 await checkpoint()
-                # Logged out and nothing new stored: the browser drops the cookie.
-                return self.cookie.delete_cookie() if ended else None
+                # Logged out and nothing new stored: the client drops the id.
+                return self._deleted(session) if ended else None
             await self._create(session, now)
             return self._set_cookie(session, now)
         if session._new:
@@ -431,7 +490,16 @@ class SessionManager:
         return None
 
     def _set_cookie(self, session: Session, now: float) -> str:
+        if session._transport == "header":
+            return self.cookie_value(session._id)
         return self.cookie.set_cookie(self.cookie_value(session._id), self._max_age(session, now))
+
+    def _deleted(self, session: Session) -> str:
+        return "" if session._transport == "header" else self.cookie.delete_cookie()
+
+    def deletion(self, session: Session) -> str:
+        """The response header value that tells the client to drop *session*'s id."""
+        return self._deleted(session)
 
     def _dumps(self, data: dict[str, Any]) -> bytes:
         """Serialize, or raise `SessionDataError` naming the key the serializer refused."""
@@ -504,7 +572,7 @@ class SessionManager:
         try:
             found = await self._store.read_versioned(session_id)
         except SessionNotFound:
-            return None
+            return None  # noqa: ASYNC910 (storage methods checkpoint, also when they raise)
         return self._parse(found, now)
 
     async def _create(self, session: Session, now: float) -> None:
@@ -545,6 +613,7 @@ class SessionManager:
             raw = self._record(created_at, session._now, deadline, payload)
             ttl = self._ttl(created_at, session._now, deadline, now)
             if ttl <= 0:
+                await checkpoint()
                 return self._dropped(session, "it expired during the request")
             try:
                 version = await self._write(session_id, raw, version, ttl)
@@ -614,7 +683,8 @@ class SessionManager:
                 except WriteConflict:
                     latest = await self._latest(old_id, now)
                     if latest is None:  # logged out (or rotated) meanwhile: carry nothing
-                        await self._discard(new_id, new_version)
+                        with trio.move_on_after(_CLEANUP_SECONDS, shield=True):
+                            await self._discard(new_id, new_version)
                         new_version = None
                         return self._dropped(session, "it was logged out or rotated meanwhile")
                     old_version = latest.version
@@ -641,17 +711,18 @@ class SessionManager:
             )
         finally:
             if new_version is not None:  # failed or cancelled after the copy: no orphan
-                await self._discard(new_id, new_version)
+                with trio.move_on_after(_CLEANUP_SECONDS, shield=True):
+                    await self._discard(new_id, new_version)
 
     async def _discard(self, session_id: str, version: int) -> None:
         """Delete a copy no client knows about (best effort; it expires anyway)."""
-        with trio.move_on_after(_CLEANUP_SECONDS, shield=True):
-            try:
-                await self._store.invalidate_if(session_id, version=version)
-            except WriteConflict:
-                pass  # a logout that followed the forward deleted it already
-            except (StorageError, trio.ClosedResourceError) as exc:
-                logger.warning("could not delete an unused session copy: %r", exc)
+        try:
+            await self._store.invalidate_if(session_id, version=version)
+        except WriteConflict:
+            pass  # a logout that followed the forward deleted it already
+        except (StorageError, trio.ClosedResourceError) as exc:
+            logger.warning("could not delete an unused session copy: %r", exc)
+        await checkpoint()
 
     async def _refresh(self, session: Session, now: float) -> None:
         """Slide the idle timeout of an unchanged session (a conflict means it moved on)."""
@@ -665,7 +736,7 @@ class SessionManager:
         try:
             session._version = await self._write(session._id, raw, session._version, ttl)
         except WriteConflict:
-            return  # another request wrote (and so refreshed) it, or it ended
+            return  # noqa: ASYNC910 (another request wrote, so refreshed, it; or it ended)
         session._refreshed_at = session._now
         session._stale = False
 
@@ -701,7 +772,7 @@ class SessionManager:
                 try:
                     found = await self._store.read_versioned(session_id)
                 except SessionNotFound:
-                    return
+                    return  # noqa: ASYNC910 (storage methods checkpoint, also when they raise)
                 version = found.version
                 target = found.data[4:].decode("ascii", "replace")
                 if found.data[:4] == _MOVED and forwards and _ISSUED_ID(target):

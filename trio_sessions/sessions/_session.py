@@ -59,6 +59,7 @@ class Session(dict[str, Any]):
         "_presented",
         "_refreshed_at",
         "_stale",
+        "_transport",
         "_version",
     )
 
@@ -81,6 +82,7 @@ class Session(dict[str, Any]):
         self._accessed = False
         self._stale = False
         self._ended = False
+        self._transport = "cookie"
 
     def __repr__(self) -> str:
         # Never the id: it is a credential.
@@ -204,6 +206,11 @@ class Session(dict[str, Any]):
             dict.clear(self)
 
     # ------------------------------------------------------------------ state
+
+    @property
+    def transport(self) -> str:
+        """How the client sends the id: ``"cookie"``, or ``"header"`` (see `SessionManager`)."""
+        return self._transport
 
     @property
     def ending(self) -> bool:

@@ -35,8 +35,8 @@ from typing import Any, ClassVar
 import trio
 
 from ._checks import CHECKS, ManualClock, StorageFactory
-from ._checks import NotApplicable as _NotApplicable
 from ._checks import Context as _Context
+from ._checks import NotApplicable as _NotApplicable
 
 __all__ = [
     "CHECKS",
