@@ -1,12 +1,25 @@
-"""CacheStorage hits and misses against the storages it fronts, same payload, one run.
+"""CacheStorage against the storages it fronts, same payload, one run.
 
-Prints microseconds per ``read_bytes`` (one task, median of the repeats, cases interleaved
-so drift affects all alike) and ratios to baselines measured in the same run:
+Prints microseconds per operation (one task, median of the repeats, cases interleaved so
+drift affects all alike) and ratios to baselines measured in the same run:
 
-* a cache hit over MemoryStorage vs MemoryStorage ``read_bytes`` (goal <= 1.5x);
-* over DirectoryStorage: a cache hit and a cache miss vs DirectoryStorage ``read_bytes``
-  alone. A miss alternates two ids in a cache of one entry, so every read goes to the
-  directory and installs what it read; it shows what the cache adds to a miss.
+* reads: a cache hit over MemoryStorage vs MemoryStorage ``read_bytes`` (goal <= 1.5x);
+  over DirectoryStorage, a hit and a miss vs DirectoryStorage ``read_bytes`` alone. A
+  miss alternates two ids in a cache of one entry, so every read goes to the directory
+  and installs what it read: it shows what the cache adds to a miss.
+* mixes over DirectoryStorage, half of the operations writes (goal: the cache is never
+  slower than the directory alone, <= 1.0x), on 64 sessions in a seeded random order:
+
+  - ``bytes``: ``write_bytes`` and ``read_bytes`` of random sessions;
+  - ``bytes, all miss``: the same in a cache of one entry, so nearly every read misses
+    (the cache's worst case: it pays its bookkeeping and saves nothing);
+  - ``requests``: read a session, then write it back (what a session-changing request
+    does);
+  - ``streams``: ``write`` and ``read`` with a provider and a consumer;
+  - ``conditional``: ``read_versioned`` then ``write_bytes_if`` (over MemoryStorage,
+    and over DirectoryStorage when it offers conditional writes);
+  - ``large``: ``write_bytes`` and ``read_bytes`` of a value above what the cache keeps
+    (200 KiB), which streams through.
 
 Run: ``python benchmarks/cache.py [--iterations N] [--repeats R] [--payload B]``
 """
@@ -14,6 +27,7 @@ Run: ``python benchmarks/cache.py [--iterations N] [--repeats R] [--payload B]``
 from __future__ import annotations
 
 import argparse
+import random
 import statistics
 import tempfile
 import time
@@ -22,9 +36,25 @@ from contextlib import AbstractAsyncContextManager, asynccontextmanager
 
 import trio
 
-from trio_sessions import DirectoryStorage, MemoryStorage, SessionStorage, open_cache_storage
+from trio_sessions import (
+    ConditionalStorage,
+    DirectoryStorage,
+    MemoryStorage,
+    SessionStorage,
+    WriteConflict,
+    open_cache_storage,
+)
 
 IDS = ["benchmark-session-a-0123456789abcdef", "benchmark-session-b-0123456789abcdef"]
+MIX_IDS = [f"benchmark-mix-{n:02d}-0123456789abcdef" for n in range(64)]
+LARGE = 200 * 1024
+
+
+def conditional(storage: SessionStorage) -> ConditionalStorage | None:
+    """*storage* if its conditional writes work."""
+    if isinstance(storage, ConditionalStorage) and storage.conditional_writes:
+        return storage
+    return None
 
 
 @asynccontextmanager
@@ -41,17 +71,20 @@ async def directory() -> AsyncIterator[SessionStorage]:
 
 
 Opener = Callable[[], AbstractAsyncContextManager[SessionStorage]]
-Case = Callable[[int, bytes], Awaitable[None]]
+#: Runs *n* operations on a payload; returns the seconds they took (set-up excluded).
+Case = Callable[[int, bytes], Awaitable[float]]
 
 
 def alone(opener: Opener) -> Case:
     """``read_bytes`` of one id straight from the storage."""
 
-    async def run(n: int, payload: bytes) -> None:
+    async def run(n: int, payload: bytes) -> float:
         async with opener() as storage:
             await storage.write_bytes(IDS[0], payload)
+            start = time.perf_counter()
             for _ in range(n):
                 await storage.read_bytes(IDS[0])
+            return time.perf_counter() - start
 
     return run
 
@@ -59,12 +92,15 @@ def alone(opener: Opener) -> Case:
 def hit(opener: Opener) -> Case:
     """``read_bytes`` of one cached id."""
 
-    async def run(n: int, payload: bytes) -> None:
+    async def run(n: int, payload: bytes) -> float:
         async with opener() as delegate, open_cache_storage(delegate) as cache:
             await cache.write_bytes(IDS[0], payload)
+            start = time.perf_counter()
             for _ in range(n):
                 await cache.read_bytes(IDS[0])
+            elapsed = time.perf_counter() - start
             assert cache.statistics().hits == n
+            return elapsed
 
     return run
 
@@ -72,22 +108,110 @@ def hit(opener: Opener) -> Case:
 def miss(opener: Opener) -> Case:
     """``read_bytes`` alternating two ids in a cache of one entry: every read misses."""
 
-    async def run(n: int, payload: bytes) -> None:
+    async def run(n: int, payload: bytes) -> float:
         async with opener() as delegate, open_cache_storage(delegate, max_entries=1) as cache:
             for session_id in IDS:
                 await delegate.write_bytes(session_id, payload)
+            start = time.perf_counter()
             for i in range(n):
                 await cache.read_bytes(IDS[i & 1])
+            elapsed = time.perf_counter() - start
             assert cache.statistics().loads == n
+            return elapsed
+
+    return run
+
+
+# ----------------------------------------------------------------------- mixes
+
+Mix = Callable[[SessionStorage, list[tuple[str, bool]], bytes], Awaitable[None]]
+
+
+def plan(n: int) -> list[tuple[str, bool]]:
+    """*n* operations on random sessions, half of them writes (seeded: the same each run)."""
+    rng = random.Random(1234)
+    return [(rng.choice(MIX_IDS), rng.random() < 0.5) for _ in range(n)]
+
+
+async def bytes_mix(storage: SessionStorage, ops: list[tuple[str, bool]], payload: bytes) -> None:
+    for session_id, write in ops:
+        if write:
+            await storage.write_bytes(session_id, payload)
+        else:
+            await storage.read_bytes(session_id)
+
+
+async def requests_mix(
+    storage: SessionStorage, ops: list[tuple[str, bool]], payload: bytes
+) -> None:
+    for session_id, _ in ops[::2]:  # two operations each
+        await storage.read_bytes(session_id)
+        await storage.write_bytes(session_id, payload)
+
+
+async def _read_all(stream: trio.abc.ReceiveStream) -> bytes:
+    parts = []
+    while chunk := await stream.receive_some():
+        parts.append(chunk)
+    return b"".join(parts)
+
+
+async def streams_mix(storage: SessionStorage, ops: list[tuple[str, bool]], payload: bytes) -> None:
+    async def provider(stream: trio.abc.SendStream) -> None:
+        await stream.send_all(payload)
+
+    for session_id, write in ops:
+        if write:
+            await storage.write(session_id, provider)
+        else:
+            await storage.read(session_id, _read_all)
+
+
+async def conditional_mix(
+    storage: SessionStorage, ops: list[tuple[str, bool]], payload: bytes
+) -> None:
+    capable = conditional(storage)
+    assert capable is not None
+    for session_id, _ in ops[::2]:  # two operations each
+        found = await capable.read_versioned(session_id)
+        try:
+            await capable.write_bytes_if(session_id, payload, version=found.version)
+        except WriteConflict:  # pragma: no cover (one task: nobody else writes)
+            raise AssertionError("a conditional write conflicted with no other writer") from None
+
+
+def mixed(opener: Opener, mix: Mix, *, cached: bool, max_entries: int = 10_000) -> Case:
+    """Play *mix* on the storage alone, or on a cache over it; every session pre-written."""
+
+    async def run(n: int, payload: bytes) -> float:
+        ops = plan(n)
+        async with opener() as delegate:
+            for session_id in MIX_IDS:
+                await delegate.write_bytes(session_id, payload)
+            if not cached:
+                start = time.perf_counter()
+                await mix(delegate, ops, payload)
+                return time.perf_counter() - start
+            async with open_cache_storage(delegate, max_entries=max_entries) as cache:
+                start = time.perf_counter()
+                await mix(cache, ops, payload)
+                return time.perf_counter() - start
 
     return run
 
 
 def measure(fn: Case, n: int, payload: bytes) -> float:
-    """Microseconds per read, in a fresh trio.run."""
-    start = time.perf_counter()
-    trio.run(fn, n, payload)
-    return (time.perf_counter() - start) / n * 1e6
+    """Microseconds per operation, in a fresh trio.run."""
+    seconds: float = trio.run(fn, n, payload)
+    return seconds / n * 1e6
+
+
+async def _is_conditional(opener: Opener, cached: bool) -> bool:
+    async with opener() as storage:
+        if not cached:
+            return conditional(storage) is not None
+        async with open_cache_storage(storage) as cache:
+            return conditional(cache) is not None
 
 
 def main() -> None:
@@ -96,31 +220,55 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=7)
     parser.add_argument("--payload", type=int, default=1024, help="bytes per session")
     args = parser.parse_args()
-    payload = bytes(range(256)) * (args.payload // 256) + bytes(args.payload % 256)
-    # Directory reads cost a thread hop each: fewer iterations keep the run short.
-    cases: dict[str, tuple[Case, int]] = {
-        "memory read_bytes": (alone(memory), args.iterations),
-        "cache hit / memory": (hit(memory), args.iterations),
-        "directory read_bytes": (alone(directory), args.iterations // 10),
-        "cache hit / directory": (hit(directory), args.iterations),
-        "cache miss / directory": (miss(directory), args.iterations // 10),
+
+    def pattern(size: int) -> bytes:
+        return bytes(range(256)) * (size // 256) + bytes(size % 256)
+
+    payload, large = pattern(args.payload), pattern(LARGE)
+    # Directory operations cost a thread hop each: fewer iterations keep the run short.
+    n, slow = args.iterations, args.iterations // 10
+    cases: dict[str, tuple[Case, int, bytes]] = {
+        "memory read_bytes": (alone(memory), n, payload),
+        "cache hit / memory": (hit(memory), n, payload),
+        "directory read_bytes": (alone(directory), slow, payload),
+        "cache hit / directory": (hit(directory), n, payload),
+        "cache miss / directory": (miss(directory), slow, payload),
     }
+    ratios = [
+        ("cache hit / memory read_bytes", "cache hit / memory", "memory read_bytes"),
+        ("cache hit over directory / directory", "cache hit / directory", "directory read_bytes"),
+        ("cache miss over directory / directory", "cache miss / directory", "directory read_bytes"),
+    ]
+    mixes: list[tuple[str, Opener, Mix, int, bytes, int]] = [
+        ("bytes", directory, bytes_mix, 10_000, payload, slow),
+        ("bytes, all miss", directory, bytes_mix, 1, payload, slow),
+        ("requests", directory, requests_mix, 10_000, payload, slow),
+        ("streams", directory, streams_mix, 10_000, payload, slow),
+        ("large", directory, bytes_mix, 10_000, large, slow // 10),
+    ]
+    if trio.run(_is_conditional, memory, True):
+        mixes.append(("conditional / memory", memory, conditional_mix, 10_000, payload, n))
+        if trio.run(_is_conditional, directory, False):
+            mixes.append(("conditional", directory, conditional_mix, 10_000, payload, slow))
+    for name, opener, mix, entries, data, count in mixes:
+        cases[f"mix {name}: alone"] = (mixed(opener, mix, cached=False), count, data)
+        through = mixed(opener, mix, cached=True, max_entries=entries)
+        cases[f"mix {name}: cache"] = (through, count, data)
+        ratios.append((f"mix {name}: cache / alone", f"mix {name}: cache", f"mix {name}: alone"))
+
     runs: dict[str, list[float]] = {name: [] for name in cases}
     for _ in range(args.repeats):
-        for name, (fn, n) in cases.items():
-            runs[name].append(measure(fn, n, payload))
+        for name, (fn, count, data) in cases.items():
+            runs[name].append(measure(fn, count, data))
     med = {name: statistics.median(values) for name, values in runs.items()}
-    print(f"payload {len(payload)} bytes, {args.repeats} repeats")
-    print(f"{'case':<26}{'median us/read':>16}{'min':>9}{'max':>9}")
+    print(f"payload {len(payload)} bytes (large: {LARGE}), {args.repeats} repeats")
+    print(f"{'case':<32}{'median us/op':>14}{'min':>9}{'max':>9}")
     for name, values in runs.items():
-        print(f"{name:<26}{med[name]:>16.2f}{min(values):>9.2f}{max(values):>9.2f}")
+        print(f"{name:<32}{med[name]:>14.2f}{min(values):>9.2f}{max(values):>9.2f}")
     print()
-    ratio = med["cache hit / memory"] / med["memory read_bytes"]
-    print(f"cache hit / memory read_bytes:         {ratio:.2f}x  (goal <= 1.5x)")
-    ratio = med["cache hit / directory"] / med["directory read_bytes"]
-    print(f"cache hit over directory / directory:  {ratio:.2f}x")
-    ratio = med["cache miss / directory"] / med["directory read_bytes"]
-    print(f"cache miss over directory / directory: {ratio:.2f}x")
+    for label, case, baseline in ratios:
+        print(f"{label + ':':<40}{med[case] / med[baseline]:6.2f}x")
+    print("goals: a hit over memory <= 1.5x; every mix <= 1.0x")
 
 
 if __name__ == "__main__":
