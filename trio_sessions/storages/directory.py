@@ -171,12 +171,12 @@ def _check_dir(fd: int, path: str) -> None:
         )
 
 
-def _not_a_directory(name: str, dir_fd: int | None, path: str, exc: OSError) -> StorageError:
-    """Explain why *name* could not be opened as a folder: a link, or something else."""
+def _not_a_directory(name: str, dir_fd: int | None, path: str) -> StorageError | None:
+    """Explain why *name* could not be opened as a folder: a link, or not a folder."""
     try:
         info = os.stat(name, dir_fd=dir_fd, follow_symlinks=False)
     except OSError:
-        return StorageError(f"DirectoryStorage could not open {path}: {_os_text(exc)}")
+        return None  # e.g. a file where a parent folder should be: the error says it
     if stat.S_ISLNK(info.st_mode):
         with suppress(OSError):
             path = f"{path} (a link to {os.readlink(name, dir_fd=dir_fd)})"
@@ -210,7 +210,9 @@ def _open_dir(name: str, dir_fd: int | None, path: str, create: bool, durable: b
         return _open_dir(name, dir_fd, path, False, durable)
     except OSError as exc:
         if exc.errno in (errno.ELOOP, errno.ENOTDIR, errno.EMLINK):
-            raise _not_a_directory(name, dir_fd, path, exc) from exc
+            refusal = _not_a_directory(name, dir_fd, path)
+            if refusal is not None:
+                raise refusal from exc
         raise
     try:
         _check_dir(fd, path)
@@ -465,7 +467,7 @@ class DirectoryStorage(ConditionalBase):
         super().__init__(max_size=max_size)
         if fcntl is None or os.name != "posix":
             raise RuntimeError("DirectoryStorage needs a POSIX system (flock, openat)")
-        path = root if isinstance(root, str) else os.fspath(root)
+        path = os.fspath(root) if isinstance(root, str | os.PathLike) else root
         if not isinstance(path, str):
             raise TypeError(
                 f"root must be a str or os.PathLike[str] path, not {type(path).__name__}; "
