@@ -10,7 +10,9 @@ import contextlib
 import os
 import random
 import re
-from collections.abc import Callable
+import secrets
+from collections.abc import Callable, Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -19,6 +21,7 @@ from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 
 from trio_sessions import (
+    DirectoryStorage,
     MemoryStorage,
     Session,
     SessionManager,
@@ -26,8 +29,10 @@ from trio_sessions import (
     SessionStorage,
     StorageError,
 )
+from trio_sessions.storages.redis import open_redis_storage
 
 from .dict_storage import CheckThenWriteStorage
+from .redis_servers import redis_server, require_module, require_server_binary
 from .spy_storage import DELETES, READS, WRITES, PlainSpy, Spy, disk_full
 
 IDLE = 600.0
@@ -454,6 +459,50 @@ async def test_random_interleavings_on_memory(
 ) -> None:
     with trio.fail_after(30):
         async with MemoryStorage() as storage:
+            record(await _interleaving(storage, plan, pauses, faults), faults)
+
+
+BACKEND_EXAMPLES = int(os.environ.get("INTEGRITY_BACKEND_EXAMPLES", "40"))
+
+
+@pytest.fixture(scope="module")
+def integrity_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return tmp_path_factory.mktemp("integrity")
+
+
+@settings(max_examples=BACKEND_EXAMPLES, deadline=None, suppress_health_check=list(HealthCheck))
+@given(
+    plan=requests(),
+    pauses=st.lists(st.integers(0, 4), max_size=40),
+    faults=st.lists(FAULTS, max_size=20),
+)
+async def test_random_interleavings_on_directory(
+    integrity_root: Path, plan: list[list[Step]], pauses: list[int], faults: list[str | None]
+) -> None:
+    with trio.fail_after(60):
+        async with DirectoryStorage(integrity_root / secrets.token_hex(4)) as storage:
+            record(await _interleaving(storage, plan, pauses, faults), faults)
+
+
+@pytest.fixture(scope="module")
+def integrity_redis() -> Iterator[str]:
+    require_module("glide")
+    require_server_binary()
+    with redis_server() as server:
+        yield server.url
+
+
+@settings(max_examples=BACKEND_EXAMPLES, deadline=None, suppress_health_check=list(HealthCheck))
+@given(
+    plan=requests(),
+    pauses=st.lists(st.integers(0, 4), max_size=40),
+    faults=st.lists(FAULTS, max_size=20),
+)
+async def test_random_interleavings_on_redis(
+    integrity_redis: str, plan: list[list[Step]], pauses: list[int], faults: list[str | None]
+) -> None:
+    with trio.fail_after(60):
+        async with open_redis_storage(integrity_redis, driver="glide") as storage:
             record(await _interleaving(storage, plan, pauses, faults), faults)
 
 
