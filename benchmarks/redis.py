@@ -3,16 +3,24 @@
 All on one private server (no persistence) unless ``--url`` names one. Prints:
 
 * sequential ``write_bytes`` + ``read_bytes`` of a 1 KiB session (ttl 30 min) per driver,
-  against the same client's raw ``SET ... PX`` + ``GET`` (goal: <= 1.10x);
-* pairs per second with 64 concurrent tasks: RedisStorage with each driver on trio, the
-  raw clients, and starsessions' ``RedisStore`` (redis-py) on asyncio, the peer (goal
-  with glide: >= 2x the peer; the ``bench`` extra installs it);
+  against the same client's raw ``SET ... PX`` + ``GET``, one task (goal with glide:
+  RedisStorage's rate >= 0.9x the raw client's);
+* pairs per second with 64 concurrent tasks: RedisStorage with each driver on trio, with
+  automatic pipelining (the default) and without, the raw clients sending one command at
+  a time, and starsessions' ``RedisStore`` (redis-py) on asyncio, the peer (goals with
+  glide: >= 1.8x raw glide and >= 3x the peer; the ``bench`` extra installs the peer),
+  with the batch sizes the pipelined runs used;
+* random cancellations of 64 tasks' operations (``--cancels``, 12,000 by default), each
+  task checking that every reply it gets is its own (goal: 0 wrong values);
 * peak RSS above a baseline while one 64 MiB session streams in and out, each driver in a
   fresh process (goal: <= 8 MiB);
 * ``redis-benchmark`` (or ``valkey-benchmark``) on the same server, if one is on PATH:
   the physical reference for SET + GET of 1 KiB, with 1 and 64 clients.
 
-Run: ``python benchmarks/redis.py [--pairs N] [--repeats R] [--url redis://...]``
+Every ratio compares figures of the same run; cases are interleaved, so that drift on a
+shared machine affects them alike, and the medians of the repeats are compared.
+
+Run: ``python benchmarks/redis.py [--pairs N] [--repeats R] [--cancels N] [--url ...]``
 """
 
 from __future__ import annotations
@@ -35,6 +43,7 @@ import importlib  # noqa: E402
 import io  # noqa: E402
 import json  # noqa: E402
 import os  # noqa: E402
+import random  # noqa: E402
 import resource  # noqa: E402
 import shutil  # noqa: E402
 import statistics  # noqa: E402
@@ -46,7 +55,8 @@ from typing import Any  # noqa: E402
 
 import trio  # noqa: E402
 
-from trio_sessions import RedisStorage, open_redis_storage  # noqa: E402
+from trio_sessions import RedisStorage, WriteConflict, open_redis_storage  # noqa: E402
+from trio_sessions.storages.redis import RedisStorageStatistics  # noqa: E402
 
 PAYLOAD = bytes(range(256)) * 4  # 1 KiB
 TTL = 1800
@@ -102,45 +112,110 @@ def storage_pair(store: RedisStorage) -> Callable[[str], Awaitable[None]]:
     return pair
 
 
-def sequential(url: str, driver: str, raw: bool, pairs: int) -> float:
-    """Microseconds per pair, one task."""
+def sequential(url: str, driver: str, pairs: int, block: int = 100) -> dict[str, list[float]]:
+    """Microseconds per pair, one task: RedisStorage and the raw client over the same
+    connection, in alternating blocks of *block* pairs (so drift hits both alike)."""
 
-    async def main() -> float:
+    async def main() -> dict[str, list[float]]:
         async with storage(url, driver) as store:
-            pair = raw_pair(store) if raw else storage_pair(store)
-            for _ in range(50):
-                await pair("")
-            start = time.perf_counter()
-            for _ in range(pairs):
-                await pair("")
-            return (time.perf_counter() - start) / pairs * 1e6
+            pairs_of = {"raw SET+GET": raw_pair(store), "RedisStorage": storage_pair(store)}
+            for pair in pairs_of.values():
+                for _ in range(50):
+                    await pair("")
+            blocks: dict[str, list[float]] = {name: [] for name in pairs_of}
+            for _ in range(max(1, pairs // block)):
+                for name, pair in pairs_of.items():
+                    start = time.perf_counter()
+                    for _ in range(block):
+                        await pair("")
+                    blocks[name].append((time.perf_counter() - start) / block * 1e6)
+            assert store.statistics().batches == 0  # one task: every command went alone
+            return blocks
 
-    result: float = trio.run(main)
+    result: dict[str, list[float]] = trio.run(main)
     return result
 
 
-def concurrent(url: str, driver: str, raw: bool, pairs: int) -> float:
-    """Pairs per second, 64 tasks each on its own session."""
+def concurrent(
+    url: str, driver: str, rounds: int, pairs: int, peer: bool
+) -> tuple[dict[str, list[float]], RedisStorageStatistics]:
+    """Pairs per second, 64 tasks each on its own session, in interleaved rounds over one
+    client: the raw client one command at a time, RedisStorage pipelined (the default)
+    and with ``pipeline=False``, and (with *peer*) starsessions on asyncio, which runs in
+    a worker thread while this loop waits. Also the pipelined storage's statistics."""
 
-    async def main() -> float:
-        async with storage(url, driver) as store:
-            pair = raw_pair(store) if raw else storage_pair(store)
+    async def main() -> tuple[dict[str, list[float]], RedisStorageStatistics]:
+        async with storage(url, driver) as pipelined:
+            client = pipelined._driver._client  # type: ignore[attr-defined]
+            unpipelined = RedisStorage(client, prefix="bench:", pipeline=False)
+            cases = {
+                f"{driver} raw, one command at a time": raw_pair(pipelined),
+                f"{driver} RedisStorage, pipelined": storage_pair(pipelined),
+                f"{driver} RedisStorage, pipeline=False": storage_pair(unpipelined),
+            }
 
-            async def task(n: int) -> None:
-                for _ in range(pairs):
-                    await pair(f"-{n}")
+            async def run(pair: Callable[[str], Awaitable[None]], count: int) -> float:
+                async def task(n: int) -> None:
+                    for _ in range(count):
+                        await pair(f"-{n}")
 
-            async with trio.open_nursery() as nursery:  # warm up: connections, scripts
-                for n in range(TASKS):
-                    nursery.start_soon(pair, f"-{n}")
-            start = time.perf_counter()
-            async with trio.open_nursery() as nursery:
-                for n in range(TASKS):
-                    nursery.start_soon(task, n)
-            return TASKS * pairs / (time.perf_counter() - start)
+                start = time.perf_counter()
+                async with trio.open_nursery() as nursery:
+                    for n in range(TASKS):
+                        nursery.start_soon(task, n)
+                return TASKS * count / (time.perf_counter() - start)
 
-    result: float = trio.run(main)
+            for pair in cases.values():  # warm up: connections, scripts
+                await run(pair, 2)
+            rates: dict[str, list[float]] = {}
+            before = pipelined.statistics()
+            for _ in range(rounds):
+                for name, pair in cases.items():
+                    rates.setdefault(name, []).append(await run(pair, pairs))
+                if peer:
+                    rate = await trio.to_thread.run_sync(starsessions_concurrent, url, pairs)
+                    if rate is not None:
+                        rates.setdefault("starsessions RedisStore (asyncio)", []).append(rate)
+            return rates, since(before, pipelined.statistics())
+
+    result: tuple[dict[str, list[float]], RedisStorageStatistics] = trio.run(main)
     return result
+
+
+def since(before: RedisStorageStatistics, after: RedisStorageStatistics) -> RedisStorageStatistics:
+    """What the storage did between two snapshots of its statistics."""
+    old = dict(before.batch_sizes)
+    sizes = tuple(
+        (size, count - old.get(size, 0))
+        for size, count in after.batch_sizes
+        if count > old.get(size, 0)
+    )
+    return RedisStorageStatistics(
+        direct=after.direct - before.direct,
+        batches=after.batches - before.batches,
+        batched=after.batched - before.batched,
+        batch_sizes=sizes,
+        withdrawn=after.withdrawn - before.withdrawn,
+        dropped=after.dropped - before.dropped,
+    )
+
+
+def describe_batches(stats: RedisStorageStatistics) -> str:
+    """Batch sizes in a few buckets: how many commands went alone, in 2-7, 8-31, 32+."""
+    if not stats.commands:
+        return "no commands"
+    buckets = {"2-7": 0, "8-31": 0, "32+": 0}
+    for size, count in stats.batch_sizes:
+        bucket = "2-7" if size < 8 else "8-31" if size < 32 else "32+"
+        buckets[bucket] += size * count
+    shares = ", ".join(
+        f"{name}: {100 * commands / stats.commands:.0f}%" for name, commands in buckets.items()
+    )
+    largest = max((size for size, _ in stats.batch_sizes), default=0)
+    return (
+        f"{stats.batches} batches, mean {stats.mean_batch:.1f}, largest {largest}; share of "
+        f"commands sent alone: {100 * stats.direct / stats.commands:.0f}%, in batches of {shares}"
+    )
 
 
 def starsessions_concurrent(url: str, pairs: int) -> float | None:
@@ -172,6 +247,62 @@ def starsessions_concurrent(url: str, pairs: int) -> float | None:
         return TASKS * pairs / elapsed
 
     return asyncio.run(main())
+
+
+# ------------------------------------------------------------------ cancellation
+
+
+def cancellations(url: str, driver: str, goal: int) -> dict[str, Any]:
+    """64 tasks, each on its own session, cancelled at random moments until *goal*
+    operations were cut off; every reply that does arrive must be the task's own."""
+    deadlines = [0.0, 1e-5, 5e-5, 1e-4, 3e-4, 1e-3, 3e-3]
+
+    async def main() -> dict[str, Any]:
+        counts = {"cancelled": 0, "completed": 0, "wrong": 0, "conflicts": 0}
+        async with storage(url, driver) as store:
+            before = store.statistics()
+
+            async def task(n: int) -> None:
+                rng = random.Random(n)
+                sid, mine = f"{SESSION_ID}-c{n}", PAYLOAD + b"%d" % n
+                await store.write_bytes(sid, mine, ttl=TTL)
+                while counts["cancelled"] < goal:
+                    with trio.CancelScope() as scope:
+                        if rng.random() < 0.6:
+                            scope.deadline = trio.current_time() + rng.choice(deadlines)
+                        roll = rng.random()
+                        if roll < 0.35:
+                            value = await store.read_bytes(sid)
+                        elif roll < 0.6:
+                            value = (await store.read_versioned(sid)).data
+                        elif roll < 0.85:
+                            await store.write_bytes(sid, mine, ttl=TTL)
+                            value = mine
+                        else:
+                            version = (await store.read_versioned(sid)).version
+                            try:
+                                await store.write_bytes_if(sid, mine, version=version, ttl=TTL)
+                            except WriteConflict:
+                                counts["conflicts"] += 1
+                            value = mine
+                        counts["completed"] += 1
+                        if value != mine:
+                            counts["wrong"] += 1
+                    if scope.cancelled_caught:
+                        counts["cancelled"] += 1
+
+            start = time.perf_counter()
+            async with trio.open_nursery() as nursery:
+                for n in range(TASKS):
+                    nursery.start_soon(task, n)
+            elapsed = time.perf_counter() - start
+            for n in range(TASKS):  # everyone is still served, with their own values
+                if await store.read_bytes(f"{SESSION_ID}-c{n}") != PAYLOAD + b"%d" % n:
+                    counts["wrong"] += 1
+            return {**counts, "seconds": elapsed, "stats": since(before, store.statistics())}
+
+    result: dict[str, Any] = trio.run(main)
+    return result
 
 
 # ------------------------------------------------------------------ streaming RSS
@@ -292,9 +423,11 @@ def redis_benchmark(url: str, requests: int) -> dict[str, float] | None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
-    parser.add_argument("--pairs", type=int, default=3000, help="sequential pairs per run")
+    parser.add_argument("--pairs", type=int, default=2000, help="sequential pairs per run")
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--task-pairs", type=int, default=100, help="pairs per task (64 tasks)")
+    parser.add_argument("--cancels", type=int, default=12_000, help="cancelled operations")
+    parser.add_argument("--no-rss", action="store_true", help="skip the 64 MiB streaming runs")
     parser.add_argument("--url", help="an existing server (default: start a private one)")
     parser.add_argument("--rss-child", help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -304,51 +437,68 @@ def main() -> None:
     with server(args.url) as url:
         print(f"server {url}; 1 KiB sessions, ttl {TTL} s; {args.repeats} repeats\n")
         runs: dict[str, list[float]] = {}
-        for _ in range(args.repeats):  # interleaved, so drift affects every case alike
+        for _ in range(args.repeats):
             for driver in DRIVERS:
-                for raw in (True, False):
-                    name = f"{driver} {'raw SET+GET' if raw else 'RedisStorage'}"
-                    runs.setdefault(name, []).append(sequential(url, driver, raw, args.pairs))
+                for name, blocks in sequential(url, driver, args.pairs).items():
+                    runs.setdefault(f"{driver} {name}", []).extend(blocks)
         med = {name: statistics.median(values) for name, values in runs.items()}
-        print(f"{'sequential pairs':<28}{'median us/pair':>16}{'min':>9}{'max':>9}")
+        print(f"{'sequential pairs, 1 task':<28}{'median us/pair':>16}{'min':>9}{'max':>9}")
         for name, values in runs.items():
             print(f"{name:<28}{med[name]:>16.1f}{min(values):>9.1f}{max(values):>9.1f}")
         for driver in DRIVERS:
-            ratio = med[f"{driver} RedisStorage"] / med[f"{driver} raw SET+GET"]
-            print(f"{driver}: RedisStorage / raw SET+GET = {ratio:.2f}x  (goal <= 1.10x)")
+            ratio = med[f"{driver} raw SET+GET"] / med[f"{driver} RedisStorage"]
+            goal = "  (goal >= 0.9x)" if driver == "glide" else ""
+            print(f"{driver}: RedisStorage's rate / raw SET+GET's = {ratio:.2f}x{goal}")
 
-        print(f"\n{TASKS} tasks x {args.task_pairs} pairs{'':<8}{'pairs/s (median)':>18}")
+        print(f"\n{TASKS} tasks x {args.task_pairs} pairs{'':<21}{'pairs/s (median)':>18}")
         rates: dict[str, list[float]] = {}
-        for _ in range(max(1, args.repeats // 2)):
-            for driver in DRIVERS:
-                for raw in (True, False):
-                    name = f"{driver} {'raw SET+GET' if raw else 'RedisStorage'} (trio)"
-                    rate = concurrent(url, driver, raw, args.task_pairs)
-                    rates.setdefault(name, []).append(rate)
-            peer = starsessions_concurrent(url, args.task_pairs)
-            if peer is not None:
-                rates.setdefault("starsessions RedisStore (asyncio)", []).append(peer)
+        batches: dict[str, RedisStorageStatistics] = {}
+        for driver in DRIVERS:
+            found, batches[driver] = concurrent(
+                url, driver, args.repeats, args.task_pairs, peer=driver == DRIVERS[0]
+            )
+            rates.update(found)
         rate_med = {name: statistics.median(values) for name, values in rates.items()}
         for name, value in rate_med.items():
-            print(f"{name:<40}{value:>12.0f}")
+            spread = f"{min(rates[name]):.0f}-{max(rates[name]):.0f}"
+            print(f"{name:<48}{value:>10.0f}   ({spread})")
         peer_rate = rate_med.get("starsessions RedisStore (asyncio)")
+        for driver in DRIVERS:
+            mine = rate_med[f"{driver} RedisStorage, pipelined"]
+            raw_rate = rate_med[f"{driver} raw, one command at a time"]
+            unbatched = rate_med[f"{driver} RedisStorage, pipeline=False"]
+            goal = "  (goal >= 1.8x)" if driver == "glide" else ""
+            print(f"{driver}: RedisStorage / raw one at a time = {mine / raw_rate:.2f}x{goal}")
+            print(f"{driver}: pipelined / pipeline=False = {mine / unbatched:.2f}x")
+            if peer_rate is not None:
+                goal = "  (goal >= 3x)" if driver == "glide" else ""
+                print(f"{driver}: RedisStorage / starsessions = {mine / peer_rate:.2f}x{goal}")
+            print(f"{driver} batches: {describe_batches(batches[driver])}")
         if peer_rate is None:
             print("starsessions is not installed: pip install -e '.[bench]'")
-        else:
-            for driver in DRIVERS:
-                ratio = rate_med[f"{driver} RedisStorage (trio)"] / peer_rate
-                goal = "  (goal >= 2x)" if driver == "glide" else ""
-                print(f"{driver} RedisStorage / starsessions: {ratio:.2f}x{goal}")
 
-        print(f"\nstreaming {STREAM_SIZE // 2**20} MiB in and out, fresh process per driver")
+        print(f"\nrandom cancellations, {TASKS} tasks, each checking its replies")
         for driver in DRIVERS:
-            fig = rss(url, driver)
+            fig = cancellations(url, driver, args.cancels)
+            stats = fig["stats"]
             print(
-                f"{driver}: peak RSS above baseline {fig['write_peak_mib']:.1f} MiB writing "
-                f"({fig['write_s']:.2f} s), {fig['read_peak_mib']:.1f} MiB reading "
-                f"({fig['read_s']:.2f} s), ru_maxrss growth {fig['ru_maxrss_growth_mib']:.1f} MiB"
-                f" (baseline {fig['baseline_mib']:.0f} MiB; goal <= 8 MiB)"
+                f"{driver}: {fig['cancelled']} cancelled, {fig['completed']} completed, "
+                f"{fig['wrong']} wrong values (goal: 0) in {fig['seconds']:.1f} s; "
+                f"{stats.withdrawn} commands withdrawn before sending, {stats.dropped} "
+                f"replies dropped; {describe_batches(stats)}"
             )
+
+        if not args.no_rss:
+            print(f"\nstreaming {STREAM_SIZE // 2**20} MiB in and out, fresh process per driver")
+            for driver in DRIVERS:
+                fig = rss(url, driver)
+                print(
+                    f"{driver}: peak RSS above baseline {fig['write_peak_mib']:.1f} MiB writing "
+                    f"({fig['write_s']:.2f} s), {fig['read_peak_mib']:.1f} MiB reading "
+                    f"({fig['read_s']:.2f} s), ru_maxrss growth "
+                    f"{fig['ru_maxrss_growth_mib']:.1f} MiB (baseline "
+                    f"{fig['baseline_mib']:.0f} MiB; goal <= 8 MiB)"
+                )
 
         reference = redis_benchmark(url, 20 * args.pairs)
         if reference is None:

@@ -298,6 +298,13 @@ class GlideDriver:
         if pipeline:
             self._pipeline = AutoPipeline(self._send_one, self._send_batch, max_batch=max_batch)
             self._call = self._pipeline.call
+        # A batch's methods cost microseconds per command (a lock, option objects); the
+        # batch builds its list of (request type, arguments) here instead, with the
+        # request types that its own methods use.
+        self._batch_class = glide.ClusterBatch if self._cluster else glide.Batch
+        probe = self._batch_class(False)
+        probe.get(b"k").set(b"k", b"v").delete([b"k"]).pexpire(b"k", 1).custom_command([b"k"])
+        self._types = tuple(request_type for request_type, _ in probe.commands)
 
     def statistics(self) -> RedisStorageStatistics:
         if self._pipeline is None:
@@ -356,19 +363,21 @@ class GlideDriver:
 
     async def _send_batch(self, commands: list[Command]) -> list[Reply]:
         self._commands += len(commands)
-        batch = (self._glide.ClusterBatch if self._cluster else self._glide.Batch)(False)
+        batch = self._batch_class(False)
+        get, set_, delete, pexpire, custom = self._types
+        add = batch.commands.append
         for kind, key, a, b in commands:
             if kind is _GET:
-                batch.get(key)
+                add((get, [key]))
             elif kind is _SET:
-                batch.set(key, a, expiry=None if b is None else self._expiry(b))
+                add((set_, [key, a] if b is None else [key, a, b"PX", b"%d" % b]))
             elif kind is _DELETE:
-                batch.delete([key])
+                add((delete, [key]))
             elif kind is _PEXPIRE:
-                batch.pexpire(key, a)
+                add((pexpire, [key, b"%d" % a]))
             else:
                 keys, args = b
-                batch.custom_command([b"EVALSHA", a.sha1, b"%d" % len(keys), *keys, *args])
+                add((custom, [b"EVALSHA", a.sha1, b"%d" % len(keys), *keys, *args]))
         replies = await self._client.exec(batch, raise_on_error=False)
         if not isinstance(replies, list) or len(replies) != len(commands):
             raise StorageError(f"a batch of {len(commands)} commands got {replies!r} in reply")
