@@ -12,6 +12,7 @@ from ._errors import InvalidSessionId as InvalidSessionId
 from ._errors import SessionNotFound as SessionNotFound
 from ._errors import SessionTooLarge as SessionTooLarge
 from ._errors import StorageError as StorageError
+from ._errors import TrioSessionsError as TrioSessionsError
 from ._errors import WriteConflict as WriteConflict
 from ._ids import SESSION_ID_PATTERN as SESSION_ID_PATTERN
 from ._ids import check_session_id as check_session_id
@@ -67,6 +68,7 @@ __all__ = [
     "SessionStorage",
     "SessionTooLarge",
     "StorageError",
+    "TrioSessionsError",
     "Versioned",
     "WriteConflict",
     "check_session_id",

@@ -34,7 +34,7 @@ import trio
 
 from ._abc import SessionStorage
 from ._base import collapsed_errors
-from ._errors import StorageError
+from ._errors import UNAVAILABLE
 from .sessions import (
     UNOPENED,
     Session,
@@ -104,7 +104,7 @@ class SessionMiddleware:
         if self._autoload(scope.get("path", "/")):
             try:
                 await session.load()
-            except (StorageError, trio.ClosedResourceError) as exc:
+            except UNAVAILABLE as exc:
                 logger.error("session storage failed while loading a session", exc_info=exc)
                 await _reply(scope, send, 503)
                 return
@@ -127,7 +127,7 @@ class SessionMiddleware:
 
         try:
             await self.app(scope, receive, send_with_session)
-        except (StorageError, trio.ClosedResourceError) as exc:
+        except UNAVAILABLE as exc:
             if started:
                 raise
             # `await load_session(request)` in a view found the storage down.
@@ -140,7 +140,7 @@ class SessionMiddleware:
         logout = session.ending
         try:
             value = await manager.save(session)
-        except (StorageError, trio.ClosedResourceError) as exc:
+        except UNAVAILABLE as exc:
             logger.error("session storage failed while saving a session", exc_info=exc)
             # A failed logout still tells the client to drop the id.
             extra = (
@@ -230,7 +230,7 @@ async def _save_quietly(manager: SessionManager, session: Session) -> None:
     """Save a websocket's session at close (no header can be sent any more)."""
     try:
         await manager.save(session)
-    except (StorageError, trio.ClosedResourceError, SessionDataError) as exc:
+    except (*UNAVAILABLE, SessionDataError) as exc:
         logger.error("a websocket's session was not saved", exc_info=exc)
         await trio.lowlevel.checkpoint()
 

@@ -38,7 +38,7 @@ except ImportError as exc:  # pragma: no cover - depends on the environment
     ) from exc
 
 from ._abc import SessionStorage
-from ._errors import StorageError
+from ._errors import UNAVAILABLE
 from .sessions import (
     UNOPENED,
     Session,
@@ -107,7 +107,7 @@ class TrioSessionInterface(SessionInterface):
         try:
             await session.load()
             return session
-        except (StorageError, trio.ClosedResourceError) as exc:
+        except UNAVAILABLE as exc:
             logger.error("session storage failed while loading a session", exc_info=exc)
             await trio.lowlevel.checkpoint()
             return None  # Quart then makes an _UnavailableSession, answered with 503
@@ -121,7 +121,7 @@ class TrioSessionInterface(SessionInterface):
         logout = session.ending
         try:
             header = await self.manager.save(session)
-        except (StorageError, trio.ClosedResourceError) as exc:
+        except UNAVAILABLE as exc:
             logger.error("session storage failed while saving a session", exc_info=exc)
             if response is not None:
                 _replace(response, 503, _UNAVAILABLE_BODY)
@@ -207,7 +207,7 @@ async def load_session() -> Session:
     session = current_session()
     try:
         await session.load()
-    except (StorageError, trio.ClosedResourceError) as exc:
+    except UNAVAILABLE as exc:
         logger.error("session storage failed while loading a session", exc_info=exc)
         abort(_unavailable())
     return session  # noqa: ASYNC910 (load() checkpoints; abort() raises)

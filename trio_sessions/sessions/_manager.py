@@ -31,7 +31,14 @@ import trio
 from trio.lowlevel import checkpoint
 
 from .._abc import SessionStorage, Versioned, conditional
-from .._errors import SessionNotFound, SessionTooLarge, StorageError, WriteConflict
+from .._errors import (
+    UNAVAILABLE,
+    SessionNotFound,
+    SessionTooLarge,
+    StorageError,
+    TrioSessionsError,
+    WriteConflict,
+)
 from .._ids import new_session_id
 from ._cookies import CookieOptions
 from ._serializers import JSONSerializer, Serializer
@@ -60,7 +67,7 @@ _REVOKING_MAX = 10_000  # failed logouts remembered, to retry before the id is u
 _DELETED: Any = object()
 
 
-class SessionDataError(ValueError):
+class SessionDataError(TrioSessionsError, ValueError):
     """The application put something in the session that cannot be stored.
 
     A value the serializer refuses, or data larger than the storage's ``max_size``. The
@@ -356,7 +363,7 @@ class SessionManager:
         except SessionNotFound:
             self._fresh(session)
             return  # noqa: ASYNC910 (storage methods checkpoint, also when they raise)
-        except (StorageError, trio.ClosedResourceError) as exc:
+        except UNAVAILABLE as exc:
             if self.on_storage_error == "fail":
                 raise
             logger.error("session storage failed; continuing with a new session", exc_info=exc)
@@ -720,7 +727,7 @@ class SessionManager:
             await self._store.invalidate_if(session_id, version=version)
         except WriteConflict:
             pass  # a logout that followed the forward deleted it already
-        except (StorageError, trio.ClosedResourceError) as exc:
+        except UNAVAILABLE as exc:
             logger.warning("could not delete an unused session copy: %r", exc)
         await checkpoint()
 

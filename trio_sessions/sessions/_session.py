@@ -7,6 +7,7 @@ from typing import Any, final
 
 from trio.lowlevel import checkpoint
 
+from .._errors import TrioSessionsError
 from .._ids import new_session_id
 
 __all__ = ["Session", "SessionNotLoaded"]
@@ -17,7 +18,7 @@ _NOT_LOADED = (
 )
 
 
-class SessionNotLoaded(RuntimeError):
+class SessionNotLoaded(TrioSessionsError, RuntimeError):
     """The session was used before it was loaded (see `Session.load`)."""
 
     def __init__(self, message: str = _NOT_LOADED) -> None:

@@ -8,7 +8,7 @@ from collections.abc import Callable, Sequence
 import trio
 
 from .._abc import SessionStorage
-from .._errors import SessionNotFound, StorageError
+from .._errors import UNAVAILABLE, SessionNotFound
 from .._ids import new_session_id
 from ._manager import SessionManager
 from ._session import Session
@@ -75,7 +75,7 @@ async def probe(storage: SessionStorage) -> None:
         await storage.read_bytes(new_session_id())
     except SessionNotFound:
         return  # noqa: ASYNC910 (storage methods checkpoint, also when they raise)
-    except (StorageError, trio.ClosedResourceError) as exc:
+    except UNAVAILABLE as exc:
         logger.error(
             "the session storage failed at startup; requests that need a session get 503 "
             "until it works",
