@@ -140,6 +140,11 @@ def _has_header(stored: bytes) -> bool:
     return stored[:2] == MAGIC and len(stored) >= HEADER_SIZE
 
 
+def _check_max_batch(max_batch: int) -> None:
+    if isinstance(max_batch, bool) or not isinstance(max_batch, int) or max_batch < 2:
+        raise ValueError(f"max_batch must be an int >= 2 (got {max_batch!r})")
+
+
 def _px(ttl: float | None) -> bytes:
     return b"" if ttl is None else str(_milliseconds(ttl)).encode()
 
@@ -163,9 +168,9 @@ class RedisStorage(ConditionalBase):
         `aclose` does not close it.
     :param prefix: starts every key this storage uses.
     :param max_size: the largest payload accepted, in bytes.
-    :param pipeline: with glide, send the commands that concurrent tasks issue in one
-        scheduler tick as one batch (a command issued while nothing is in flight still
-        goes out at once). ``False`` sends every command on its own.
+    :param pipeline: send the commands that concurrent tasks issue in one scheduler tick
+        as one non-atomic batch (a command issued while nothing is in flight still goes
+        out at once, alone). ``False`` sends every command on its own.
     :param max_batch: the most commands one batch carries.
 
     The client's own settings decide timeouts, retries, TLS and authentication. A lost
@@ -191,8 +196,7 @@ class RedisStorage(ConditionalBase):
         super().__init__(max_size=max_size)
         if not isinstance(prefix, str):
             raise TypeError(f"prefix must be a str, not {type(prefix).__name__}")
-        if isinstance(max_batch, bool) or not isinstance(max_batch, int) or max_batch < 2:
-            raise ValueError(f"max_batch must be an int >= 2 (got {max_batch!r})")
+        _check_max_batch(max_batch)
         self._driver: Driver = driver_for(client, pipeline=bool(pipeline), max_batch=max_batch)
         self._prefix = prefix.encode()
         self._recent_keys: dict[str, bytes] = {}
@@ -414,8 +418,7 @@ async def open_redis_storage(
     :param cluster: connect to a Redis Cluster.
     :param prefix: starts every key the storage uses.
     :param max_size: the largest payload accepted, in bytes.
-    :param pipeline: with glide, batch the commands of concurrent tasks (see
-        `RedisStorage`).
+    :param pipeline: batch the commands of concurrent tasks (see `RedisStorage`).
     :param max_batch: the most commands one batch carries.
     :param client_options: passed to the client: for glide, keyword arguments of
         ``GlideClientConfiguration`` / ``GlideClusterClientConfiguration`` (for example
@@ -424,6 +427,7 @@ async def open_redis_storage(
         ``stream_timeout``, ``ssl_context``, ``max_connections``).
     :raises StorageError: if glide cannot connect (coredis connects on first use).
     """
+    _check_max_batch(max_batch)
     options = dict(client_options)
     async with connect(url, driver=driver, cluster=cluster, options=options) as client:
         storage = RedisStorage(
