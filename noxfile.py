@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import glob
+import os
 import shutil
+import zipfile
 from pathlib import Path
 
 import nox
@@ -26,12 +29,26 @@ SOURCE_DIRS = ("trio_sessions", "tests", "benchmarks", "docs/examples")
 FLAKE8_ASYNC_OPT_IN = "ASYNC900,ASYNC910,ASYNC911,ASYNC912,ASYNC913"
 
 
+def pythons() -> list[str]:
+    """Every CPython 3.11+ this machine has (``TRIO_SESSIONS_PYTHONS=3.12,3.13`` to choose).
+
+    pyenv's interpreters count too: their directories go ahead of pyenv's shims on PATH,
+    which only answer for the selected version.
+    """
+    if wanted := os.environ.get("TRIO_SESSIONS_PYTHONS"):
+        return wanted.split(",")
+    pyenv = sorted(glob.glob(os.path.expanduser("~/.pyenv/versions/3.*/bin")))
+    os.environ["PATH"] = os.pathsep.join([*pyenv, os.environ.get("PATH", "")])
+    found = [f"3.{minor}" for minor in range(11, 20) if shutil.which(f"python3.{minor}")]
+    return found or ["3"]
+
+
 def existing(*names: str) -> list[str]:
     """Return those of ``names`` that exist in the project root (some come later)."""
     return [name for name in names if (ROOT / name).exists()]
 
 
-@nox.session
+@nox.session(python=pythons())
 def tests(session: nox.Session) -> None:
     """Run the test suite; arguments after ``--`` go to pytest."""
     session.install("-e", ".[dev]")
@@ -81,15 +98,24 @@ def bench(session: nox.Session) -> None:
 def docs(session: nox.Session) -> None:
     """Build the HTML docs (any Sphinx warning fails), then check every public name is in."""
     # autodoc imports trio_sessions.quart and trio_sessions.testing: their extras are needed.
-    session.install(
-        "-e",
-        ".[quart,testing]",
-        "sphinx",
-        "sphinxcontrib-trio",
-        "furo",
-        "towncrier",
-        "sphinxcontrib-towncrier",
-    )
+    session.install("-e", ".[docs]")
     shutil.rmtree(ROOT / "docs" / "_build", ignore_errors=True)
     session.run("sphinx-build", "-W", "--keep-going", "-b", "html", "docs", "docs/_build/html")
     session.run("python", "docs/check_inventory.py", "docs/_build/html/objects.inv")
+
+
+@nox.session
+def build(session: nox.Session) -> None:
+    """Build the sdist and the wheel, check their metadata and what the wheel holds."""
+    session.install("build", "twine")
+    dist = ROOT / "dist"
+    shutil.rmtree(dist, ignore_errors=True)
+    session.run("python", "-m", "build", "--outdir", str(dist))
+    session.run("twine", "check", "--strict", *map(str, dist.iterdir()))
+    (wheel,) = dist.glob("*.whl")
+    names = zipfile.ZipFile(wheel).namelist()
+    stray = [n for n in names if not n.startswith(("trio_sessions/", "trio_sessions-"))]
+    stray += [n for n in names if "/_build/" in n or n.startswith("trio_sessions/_bench")]
+    if stray:
+        session.error(f"the wheel holds more than the package: {stray[:10]}")
+    session.log(f"{wheel.name}: {len(names)} files, the package only")
