@@ -1,0 +1,145 @@
+"""What every check shares: the clock, the context, callbacks and small helpers."""
+
+from __future__ import annotations
+
+import secrets
+from collections.abc import Awaitable, Callable
+from contextlib import AbstractAsyncContextManager
+from dataclasses import dataclass, field
+from typing import Any, TypeVar
+
+import trio
+import trio.testing
+from hypothesis import HealthCheck, Phase, settings
+
+from .._abc import SessionStorage
+from .._errors import SessionNotFound
+
+__all__ = ["Context", "ManualClock", "NotApplicable", "StorageFactory", "read_all"]
+
+T = TypeVar("T")
+
+
+class ManualClock:
+    """A clock that only moves when told to.
+
+    The harness passes one to your storage factory; a storage that takes a ``clock``
+    argument (a callable returning seconds, like `MemoryStorage` or `DirectoryStorage`)
+    should use it, so that expiry is checked without sleeping.
+    """
+
+    def __init__(self, start: float = 1_000_000_000.0) -> None:
+        self._now = start
+
+    def __call__(self) -> float:
+        return self._now
+
+    def advance(self, seconds: float) -> None:
+        if seconds < 0:
+            raise ValueError("time only moves forward")
+        self._now += seconds
+
+
+#: What the harness needs: a callable that takes a `ManualClock` and returns an async
+#: context manager yielding a fresh storage (a `SessionStorage` is one already).
+StorageFactory = Callable[[ManualClock], AbstractAsyncContextManager[SessionStorage]]
+
+
+@dataclass
+class Context:
+    """How the checks reach the storage under test."""
+
+    open_storage: StorageFactory
+    #: Whether the storage reads time from the clock it is given (else: real sleeps).
+    clock_controlled: bool
+    max_examples: int
+    #: Runs an async function to completion from the (synchronous) check.
+    run: Callable[[Callable[[], Awaitable[Any]]], Any]
+    #: Seconds each async step may take before it counts as hung.
+    timeout: float = 60.0
+    #: The last failing example, in a readable form (hypothesis replays the shrunk one last).
+    example: str | None = field(default=None)
+
+    def run_with_storage(
+        self, body: Callable[[SessionStorage, ManualClock], Awaitable[None]]
+    ) -> None:
+        async def main() -> None:
+            clock = ManualClock()
+            with trio.fail_after(self.timeout):
+                async with self.open_storage(clock) as storage:
+                    await body(storage, clock)
+
+        self.run(main)
+
+    def settings(self) -> settings:
+        return settings(
+            max_examples=self.max_examples,
+            deadline=None,
+            database=None,
+            suppress_health_check=list(HealthCheck),
+            # No "explain" phase: it reruns the failing example many times for little gain.
+            phases=[Phase.explicit, Phase.reuse, Phase.generate, Phase.target, Phase.shrink],
+        )
+
+
+class NotApplicable(Exception):
+    """Raised by a check of an optional capability that the storage does not offer."""
+
+
+class ProviderFailed(Exception):
+    """Raised by the harness's failing providers."""
+
+
+class ConsumerFailed(Exception):
+    """Raised by the harness's failing consumers."""
+
+
+def _expect(condition: object, message: str) -> None:
+    """Fail the check (an explicit raise: ``python -O`` must not disable the harness)."""
+    if not condition:
+        raise AssertionError(message)
+
+
+def _ids(count: int) -> list[str]:
+    prefix = secrets.token_hex(6)  # fresh per example: leftovers never interfere
+    return [f"conformance-{prefix}-{n}" for n in range(count)]
+
+
+def _pieces(value: bytes, count: int) -> list[bytes]:
+    step = max(1, -(-len(value) // count))
+    return [value[i : i + step] for i in range(0, len(value), step)] or [b""]
+
+
+def _provider(pieces: list[bytes], *, close: bool = False) -> Callable[[Any], Awaitable[None]]:
+    async def provider(stream: trio.abc.SendStream) -> None:
+        for piece in pieces:
+            await stream.send_all(piece)
+        if close:
+            await stream.aclose()
+
+    return provider
+
+
+async def read_all(stream: trio.abc.ReceiveStream, max_bytes: int | None = None) -> bytes:
+    """Read *stream* to its end (*max_bytes* per receive) and return what it held."""
+    parts = []
+    while chunk := await stream.receive_some(max_bytes):
+        parts.append(bytes(chunk))
+    return b"".join(parts)
+
+
+async def _read_or_none(storage: SessionStorage, session_id: str) -> bytes | None:
+    try:
+        return await storage.read_bytes(session_id)
+    except SessionNotFound:
+        return None
+
+
+def _patterned(size: int, seed: int) -> bytes:
+    """A value of *size* bytes that differs from others by its seed (cheap to generate)."""
+    return (bytes([seed]) + bytes(range(256)) * (size // 256 + 1))[:size]
+
+
+def _recognizable(writer: int, seq: int, size: int) -> bytes:
+    tag = f"<{writer}:{seq}>".encode()
+    return (tag * (size // len(tag) + 1))[:size]
