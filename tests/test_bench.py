@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from trio_sessions._bench._core import Results
+from trio_sessions._bench._core import Progress, Results
 from trio_sessions._bench._plan import SECTIONS as PLAN_SECTIONS
 from trio_sessions._bench._sections import BUILDERS
 from trio_sessions._cli import main
@@ -120,8 +120,63 @@ def test_every_section_has_its_steps() -> None:
 
 
 def test_bench_refuses_an_unknown_section(capsys: pytest.CaptureFixture[str]) -> None:
-    assert main(["bench", "--only", "nope"]) == 2
-    assert "unknown section 'nope'" in capsys.readouterr().out
+    with pytest.raises(SystemExit) as exited:
+        main(["bench", "--only", "nope"])
+    assert exited.value.code == 2
+    assert "argument --only: invalid choice: 'nope'" in capsys.readouterr().err
+
+
+#: Runs the command line as if the peer libraries were not installed.
+WITHOUT_PEERS = """
+import sys
+for name in ("starsessions", "cachelib", "diskcache"):
+    sys.modules[name] = None  # an import of it raises ImportError
+from trio_sessions._cli import main
+sys.exit(main(sys.argv[1:]))
+"""
+
+
+def test_bench_says_what_it_skipped_and_names_only_the_peers_it_ran(tmp_path: Path) -> None:
+    output = tmp_path / "results"
+    command = ["bench", "--smoke", "--only", "pairs", "--no-redis", "--no-postgres"]
+    command += ["--no-charts", "--output", str(output), "--tmp", str(tmp_path)]
+    result = subprocess.run(
+        [sys.executable, "-c", WITHOUT_PEERS, *command],
+        capture_output=True,
+        text=True,
+        timeout=120,  # a hang fails here; the run itself takes seconds
+        check=False,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    skipped = [line for line in result.stdout.splitlines() if line.startswith("skipped:")]
+    assert skipped == [
+        "skipped: Redis (--no-redis)",
+        "skipped: PostgreSQL (--no-postgres)",
+        "skipped: pairs: starsessions (not installed: pip install starsessions)",
+        "skipped: pairs: cachelib (not installed: pip install cachelib)",
+        "skipped: pairs: diskcache (not installed: pip install diskcache)",
+    ]
+    steps = [line.split(maxsplit=3)[-1] for line in result.stderr.splitlines() if "/4 " in line]
+    # "pairs: directory", not "pairs: directory + peers": no peer ran.
+    assert steps == [
+        "pairs: memory",
+        "pairs: directory, fsync on",
+        "pairs: directory",
+        "pairs: cache (reads)",
+    ]
+    data = json.loads((output / "results.json").read_text())
+    assert {f["role"] for f in data["figures"]} == {"subject", "baseline", "reference"}
+
+
+def test_a_step_names_the_peers_it_runs() -> None:
+    from trio_sessions._bench._plan import PLANS
+    from trio_sessions._bench._sections import pairs
+    from trio_sessions._bench._suite import Servers, Suite
+
+    suite = Suite(PLANS["smoke"], Servers(), Results(), None, Progress(0, quiet=True))
+    labels = [label for _, label, _ in pairs(suite)]
+    peers = [name for name in ("cachelib", "diskcache") if importlib.util.find_spec(name)]
+    assert " + ".join(["directory", *peers]) in labels
 
 
 def test_ratios_are_taken_against_the_baseline_at_the_same_x() -> None:

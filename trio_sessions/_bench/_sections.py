@@ -22,9 +22,22 @@ from ._suite import (
     Entry,
     Step,
     Suite,
+    installed,
     payload,
     session_ids,
 )
+
+#: The peer libraries measured beside the directory storage.
+FILE_PEERS = ("cachelib", "diskcache")
+
+
+def _with_peers(group: str, peers: Sequence[str]) -> str:
+    """A step's label names only the peers that will run: those installed."""
+    return " + ".join([group, *peers])
+
+
+def _redis_peers() -> list[str]:
+    return ["starsessions"] if installed("starsessions", "redis") else []
 
 
 def pairs(suite: Suite) -> list[Step]:
@@ -45,7 +58,7 @@ def pairs(suite: Suite) -> list[Step]:
     ]
     peers: list[Entry] = [
         (functools.partial(t.file_cache, kind, suite.tmp), "raw files fsync=off")
-        for kind in ("cachelib", "diskcache")
+        for kind in FILE_PEERS
     ]
     steps: list[Step] = [
         ("pairs", "memory", curve("memory", memory)),
@@ -56,7 +69,7 @@ def pairs(suite: Suite) -> list[Step]:
         ),
         (
             "pairs",
-            "directory + peers",
+            _with_peers("directory", [kind for kind in FILE_PEERS if installed(kind)]),
             curve("directory", [*suite.directory_entries(False), *peers]),
         ),
         ("pairs", "cache (reads)", functools.partial(_cache_reads, suite)),
@@ -83,7 +96,7 @@ def pairs(suite: Suite) -> list[Step]:
             }
             suite.asyncio_peer("pairs", "redis", STARSESSIONS_REDIS, job, BENCHMARK)
 
-        steps.append(("pairs", "redis + peers", redis))
+        steps.append(("pairs", _with_peers("redis", _redis_peers()), redis))
     if suite.servers.dsn is not None:
         steps.append(("pairs", "postgres", functools.partial(_postgres, suite)))
     return steps
@@ -241,7 +254,7 @@ def concurrency(suite: Suite) -> list[Step]:
             }
             suite.asyncio_peer("concurrency", "redis", STARSESSIONS_REDIS, job, BENCHMARK)
 
-        steps.append(("concurrency", "redis + peers", redis))
+        steps.append(("concurrency", _with_peers("redis", _redis_peers()), redis))
     return steps
 
 
@@ -252,13 +265,13 @@ def footprint(suite: Suite) -> list[Step]:
     base = "dict (ids and payloads only)"
 
     def in_process() -> None:
+        names = list(_footprint.IN_PROCESS)
+        if not _importable("starsessions.stores.memory"):
+            names = [name for name in names if not name.startswith("starsessions")]
+            suite.skip("footprint: starsessions", "not installed: pip install starsessions")
         for size in (100, KIB):
             for _ in range(plan.footprint_repeats):
-                for name in _footprint.IN_PROCESS:
-                    if name.startswith("starsessions") and not _importable(
-                        "starsessions.stores.memory"
-                    ):
-                        continue
+                for name in names:
                     value = _footprint.in_process(name, count, size)
                     role: Role = "baseline" if name == base else "subject"
                     if name.startswith("starsessions"):
@@ -308,7 +321,7 @@ def lateness_under_load(suite: Suite) -> list[Step]:
     ids, data = session_ids(plan.ids), payload(KIB)
     peers: list[Entry] = [
         (functools.partial(t.file_cache, kind, suite.tmp, on_loop=True), "raw files fsync=off")
-        for kind in ("cachelib", "diskcache")
+        for kind in FILE_PEERS
     ]
     groups: list[tuple[str, list[Entry]]] = [
         ("memory", suite.memory_entries()),
@@ -343,7 +356,7 @@ def lateness_under_load(suite: Suite) -> list[Step]:
                     try:
                         ops = await stack.enter_async_context(target.open())
                     except Exception as exc:
-                        suite.results.skip(f"lateness: {target.name}", f"failed to open: {exc!r}")
+                        suite.skip(f"lateness: {target.name}", f"failed to open: {exc!r}")
                         continue
                     await fill(ops, ids, data)
                     opened.append((target, baseline, ops))

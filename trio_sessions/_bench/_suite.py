@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+import importlib.util
 import subprocess
 import time
 import traceback
@@ -27,6 +28,26 @@ BENCHMARK = "redis-benchmark (C client)"
 ASYNCPG = "asyncpg on asyncio (same SQL)"
 STARSESSIONS_REDIS = "starsessions RedisStore (redis-py, asyncio)"
 IDLE = "idle loop (no load)"
+
+#: The distribution to install for a module a candidate needs, where the names differ.
+DISTRIBUTIONS = {"glide": "valkey-glide", "trio_asyncio": "trio-asyncio"}
+
+
+def installed(*modules: str) -> bool:
+    """Whether every top-level module named can be imported (without importing it)."""
+    try:
+        return all(importlib.util.find_spec(name) is not None for name in modules)
+    except (ImportError, ValueError):
+        return False
+
+
+def missing(error: ImportError) -> tuple[str, str]:
+    """The missing package and why a candidate was skipped: how to install it."""
+    module = (error.name or "").partition(".")[0]
+    if not module:
+        return "a package", f"not installed: {error}"
+    distribution = DISTRIBUTIONS.get(module, module)
+    return distribution, f"not installed: pip install {distribution}"
 
 
 def payload(size: int) -> bytes:
@@ -56,13 +77,19 @@ class Suite:
 
     # ------------------------------------------------------------- candidates
 
+    def skip(self, what: str, why: str) -> None:
+        """Record what was not measured and why; say so in the progress lines too."""
+        self.results.skip(what, why)
+        self.progress.note(f"skipped {what} ({why})")
+
     def make(self, section: str, entries: Sequence[Entry]) -> list[tuple[Target, str | None]]:
         made = []
         for make, baseline in entries:
             try:
                 made.append((make(), baseline))
             except ImportError as exc:
-                self.results.skip(f"{section}: a candidate", f"not installed: {exc.name or exc}")
+                package, why = missing(exc)
+                self.skip(f"{section}: {package}", why)
         return made
 
     def redis_entries(self, drivers: Sequence[DriverName], benchmark: bool = True) -> list[Entry]:
@@ -110,7 +137,7 @@ class Suite:
                     try:
                         ops = await stack.enter_async_context(target.open())
                     except Exception as exc:
-                        self.results.skip(f"{section}: {target.name}", f"failed to open: {exc!r}")
+                        self.skip(f"{section}: {target.name}", f"failed to open: {exc!r}")
                         continue
                     opened.append((target, baseline, ops))
                 for n, x in enumerate(xs):
@@ -158,10 +185,10 @@ class Suite:
         try:
             figures = _asyncio_side.measure(job)
         except ImportError as exc:
-            self.results.skip(f"{section}: {name}", f"not installed: {exc.name or exc}")
+            self.skip(f"{section}: {name}", missing(exc)[1])
             return
         except (RuntimeError, OSError, subprocess.SubprocessError) as exc:
-            self.results.skip(f"{section}: {name}", f"failed: {exc}")
+            self.skip(f"{section}: {name}", f"failed: {exc}")
             return
         for tasks, values in figures.items():
             x = None if section == "pairs" else float(tasks)
@@ -178,7 +205,7 @@ class Suite:
             for _ in range(self.plan.benchmark_repeats):
                 rps = _servers.redis_benchmark(server.port, clients=c, requests=requests, size=KIB)
                 if not rps:
-                    self.results.skip(f"{section}: {BENCHMARK}", "not on PATH")
+                    self.skip(f"{section}: {BENCHMARK}", "redis-benchmark is not on PATH")
                     return
                 value = 2 / (1 / rps["SET"] + 1 / rps["GET"])
                 x = None if section == "pairs" else float(c)

@@ -27,6 +27,7 @@ Requires the ``testing`` extra (hypothesis).
 from __future__ import annotations
 
 import inspect
+import os
 import traceback
 from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass
@@ -34,6 +35,8 @@ from typing import Any, ClassVar
 
 import trio
 
+from .._abc import SessionStorage
+from .._base import StorageBase
 from ._checks import CHECKS, ManualClock, StorageFactory
 from ._checks import Context as _Context
 from ._checks import NotApplicable as _NotApplicable
@@ -62,13 +65,17 @@ class CheckResult:
     example: str | None = None
     #: Why the check did not apply (an optional capability the storage lacks).
     skipped: str | None = None
+    #: What failed, without the traceback: the failing assertion's message (the type and
+    #: message of any other exception), one line per distinct error raised together.
+    summary: str | None = None
 
 
 @dataclass(frozen=True)
 class ConformanceReport:
     """What `check_storage` found."""
 
-    #: One result per check, in the order they ran.
+    #: One result per check, in the order they ran; or only one, named ``"factory"``,
+    #: when the factory could not make a storage that opens and closes.
     results: tuple[CheckResult, ...]
 
     @property
@@ -87,9 +94,11 @@ class ConformanceReport:
             if not result.passed:
                 if result.example:
                     lines.append(f"      failing example: {result.example}")
-                if result.error:
-                    error = result.error if verbose else result.error.strip().splitlines()[-1]
-                    lines.extend("      " + line for line in error.splitlines())
+                if verbose and result.error:
+                    error = result.error.rstrip()
+                else:
+                    error = result.summary or (result.error or "").strip()
+                lines.extend("      " + line for line in error.splitlines())
         failed = sum(not result.passed for result in self.results)
         skipped = sum(result.skipped is not None for result in self.results)
         passed = len(self.results) - failed - skipped
@@ -125,6 +134,41 @@ def _as_factory(factory: Callable[..., Any]) -> tuple[StorageFactory, bool]:
     return (lambda clock: factory()), False
 
 
+def _leaves(error: BaseException) -> list[BaseException]:
+    """The errors in *error*: itself, or those inside an exception group, flattened."""
+    if not isinstance(error, BaseExceptionGroup):
+        return [error]
+    return [leaf for inner in error.exceptions for leaf in _leaves(inner)]
+
+
+def _line(error: BaseException) -> str:
+    """``Type: message``; for an error without a message, where it was raised."""
+    name = type(error).__qualname__
+    message = str(error).strip()
+    if message:
+        return f"{name}: {message}"
+    frames = traceback.extract_tb(error.__traceback__)
+    if not frames:
+        return name
+    frame = frames[-1]
+    return f"{name} at {os.path.basename(frame.filename)}:{frame.lineno}, in {frame.name}"
+
+
+def _summary(error: BaseException) -> str:
+    """What failed, read from the exception objects rather than from the formatted text
+    (which ends with hypothesis's notes or an exception group's table)."""
+    lines: dict[str, int] = {}
+    if isinstance(error, BaseExceptionGroup) and type(error) not in (
+        ExceptionGroup,
+        BaseExceptionGroup,
+    ):
+        lines[f"{type(error).__qualname__}: {error.message}"] = 1  # e.g. hypothesis's Flaky
+    for leaf in _leaves(error):
+        line = _line(leaf)
+        lines[line] = lines.get(line, 0) + 1
+    return "\n".join(line if n == 1 else f"{line} ({n} times)" for line, n in lines.items())
+
+
 def _run_check(name: str, ctx: _Context) -> CheckResult:
     check = CHECKS[name]
     description = (check.__doc__ or "").strip().splitlines()[0]
@@ -133,9 +177,74 @@ def _run_check(name: str, ctx: _Context) -> CheckResult:
         check(ctx)
     except _NotApplicable as reason:
         return CheckResult(name, description, True, skipped=str(reason))
-    except Exception:
-        return CheckResult(name, description, False, traceback.format_exc(), ctx.example)
+    except Exception as error:
+        return CheckResult(
+            name,
+            description,
+            False,
+            traceback.format_exc(),
+            ctx.example,
+            summary=_summary(error),
+        )
     return CheckResult(name, description, True)
+
+
+#: The name of the result that stands for every check when the factory cannot make a
+#: working storage (`check_storage` then runs no check).
+FACTORY_CHECK = "factory"
+_FACTORY_DESCRIPTION = "The factory makes a storage that opens and closes (before any check)."
+
+
+def _not_set_up(storage: object) -> str | None:
+    """Why *storage*, a `StorageBase`, is unusable: its ``__init__`` skipped the base's."""
+    if not isinstance(storage, StorageBase) or all(
+        hasattr(storage, attribute) for attribute in ("_max_size", "_closed")
+    ):
+        return None
+    cls = type(storage)
+    base = next(c for c in cls.__mro__ if c.__module__.startswith("trio_sessions."))
+    init = next((c for c in cls.__mro__ if "__init__" in vars(c)), cls)
+    return (
+        f"{init.__qualname__}.__init__() does not call super().__init__(), so the "
+        f"{base.__name__} it extends is not set up and every method would fail "
+        f"(AttributeError: {cls.__name__!r} object has no attribute '_closed'). Call "
+        f"super().__init__() in {init.__qualname__}.__init__() (pass max_size= there "
+        "to change the size limit)."
+    )
+
+
+async def _open_once(factory: StorageFactory) -> CheckResult | None:
+    """Make, open and close one storage; a failure here is reported once, not per check."""
+
+    def failed(summary: str, error: str | None = None) -> CheckResult:
+        summary += "\nNo check ran."
+        return CheckResult(FACTORY_CHECK, _FACTORY_DESCRIPTION, False, error, summary=summary)
+
+    await trio.lowlevel.checkpoint()
+    problem = None
+    try:
+        with trio.fail_after(60):
+            await trio.lowlevel.checkpoint()  # one inside the scope, whatever the factory does
+            made: Any = factory(ManualClock())
+            problem = _not_set_up(made)
+            if problem is None and not (hasattr(made, "__aenter__") and hasattr(made, "__aexit__")):
+                problem = (
+                    f"the factory returned {type(made).__qualname__}, not a SessionStorage "
+                    "or an async context manager yielding one"
+                )
+            if problem is None:
+                async with made as storage:
+                    problem = _not_set_up(storage)
+                    if problem is None and not isinstance(storage, SessionStorage):
+                        problem = (
+                            "the factory's context manager yielded "
+                            f"{type(storage).__qualname__}, not a SessionStorage"
+                        )
+    except Exception as error:
+        if problem is None:  # else closing what is not a storage failed as well
+            what = f"making, opening or closing a storage failed: {_summary(error)}"
+            return failed(what, traceback.format_exc())
+    return None if problem is None else failed(problem)
 
 
 async def check_storage(
@@ -157,9 +266,15 @@ async def check_storage(
       max_examples: hypothesis examples per property-based check.
       checks: names from `CHECKS` to run (default: all).
 
+    Before the checks, one storage is made, opened and closed: if that fails (the factory
+    raises, returns something else than a storage, or a `BytesStorage` subclass forgot to
+    call ``super().__init__()``), the report holds that one failure and no check runs.
+
     The checks run one at a time; hypothesis drives them from a worker thread and each
     example runs back in this trio run, so the storage lives in the caller's event loop.
     """
+    if isinstance(max_examples, bool) or not isinstance(max_examples, int) or max_examples < 1:
+        raise ValueError(f"max_examples must be a positive int (got {max_examples!r})")
     factory, takes_clock = _as_factory(open_storage)
     if clock_controlled is None:
         clock_controlled = takes_clock
@@ -167,12 +282,17 @@ async def check_storage(
     def run(fn: Callable[[], Awaitable[Any]]) -> Any:
         return trio.from_thread.run(fn)
 
-    ctx = _Context(factory, clock_controlled, max_examples, run)
-    await trio.lowlevel.checkpoint()
-    results = []
-    for name in checks if checks is not None else CHECKS:
+    names = list(checks if checks is not None else CHECKS)
+    for name in names:
         if name not in CHECKS:
             raise ValueError(f"unknown check {name!r}; choose from {', '.join(CHECKS)}")
+    ctx = _Context(factory, clock_controlled, max_examples, run)
+    await trio.lowlevel.checkpoint()
+    unusable = await _open_once(factory)
+    if unusable is not None:
+        return ConformanceReport((unusable,))
+    results = []
+    for name in names:
         results.append(await trio.to_thread.run_sync(_run_check, name, ctx))
     return ConformanceReport(tuple(results))
 
