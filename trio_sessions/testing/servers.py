@@ -79,14 +79,26 @@ def _make_root(kind: str, root: str | os.PathLike[str] | None) -> tuple[Path, bo
     return Path(tempfile.mkdtemp(prefix=f"trio-sessions-{kind}-")), True
 
 
+def _alive(pid: int) -> bool:
+    """Whether *pid* runs; a zombie (exited, not yet reaped by its parent) does not."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as file:
+            state = file.read().rpartition(b")")[2].split()[0]
+    except (OSError, IndexError):
+        return True  # no /proc: the signal test is all there is
+    return state not in (b"Z", b"X")
+
+
 def _wait_gone(pid: int, seconds: float) -> bool:
     deadline = time.monotonic() + seconds
     while time.monotonic() < deadline:
-        try:
-            os.kill(pid, 0)
-        except ProcessLookupError:
+        if not _alive(pid):
             return True
-        time.sleep(0.02)
+        time.sleep(0.01)
     return False
 
 
@@ -505,6 +517,12 @@ class PostgresServer:
     def initdb(self) -> None:
         """Create the cluster (superuser `POSTGRES_USER`, trust authentication)."""
         if self.user:
+            closed = [p for p in self.root.resolve().parents if not os.stat(p).st_mode & 0o001]
+            if closed:
+                raise RuntimeError(
+                    f"the server runs as {self.user!r}, which cannot enter {closed[0]}: "
+                    f"put the cluster's directory where every user may pass (e.g. chmod o+x)"
+                )
             entry = pwd.getpwnam(self.user)
             os.chown(self.root, entry.pw_uid, entry.pw_gid)
         self._run(
@@ -544,11 +562,7 @@ class PostgresServer:
             pid = int((self.data / "postmaster.pid").read_text().split("\n", 1)[0])
         except (FileNotFoundError, ValueError):
             return None
-        try:
-            os.kill(pid, 0)
-        except ProcessLookupError:
-            return None
-        return pid
+        return pid if _alive(pid) else None
 
     def stop(self) -> None:
         """Stop the server by its pid: fast shutdown, then immediate, then kill."""
