@@ -785,6 +785,92 @@ async def test_failures_while_streaming_large_values() -> None:
             assert delegate.loads == loads + 1
 
 
+# ------------------------------------------------------------------ expiry kept
+
+
+async def read_or_none(storage: SessionStorage, session_id: str) -> bytes | None:
+    try:
+        return await storage.read_bytes(session_id)
+    except SessionNotFound:
+        return None
+
+
+@pytest.mark.parametrize("new_ttl", [5.0, None])
+@pytest.mark.parametrize("kind", ["write_bytes", "write", "write_bytes_if", "invalidate"])
+async def test_a_cancelled_write_never_serves_a_value_past_its_ttl(
+    kind: str, new_ttl: float | None
+) -> None:
+    """Cancelled at every point, the cache cannot know whether the write happened; what
+    it reads from the delegate afterwards is still never served once it has expired."""
+    clock = ManualClock()
+
+    async def operation(cache: CacheStorage, sid: str, version: int) -> None:
+        if kind == "write_bytes":
+            await cache.write_bytes(sid, b"new", ttl=new_ttl)
+        elif kind == "write":
+
+            async def provider(stream: trio.abc.SendStream) -> None:
+                await stream.send_all(b"new")
+
+            await cache.write(sid, provider, ttl=new_ttl)
+        elif kind == "write_bytes_if":
+            await cache.write_bytes_if(sid, b"new", version=version, ttl=new_ttl)
+        else:
+            await cache.invalidate(sid)
+
+    with trio.fail_after(10):
+        async with (
+            MemoryStorage(clock=clock) as delegate,
+            open_cache_storage(delegate, clock=clock) as cache,
+        ):
+            outcomes = set()
+            for turns in range(6):
+                sid = f"s{turns}"
+                await cache.write_bytes(sid, b"old", ttl=10)
+                version = (await cache.read_versioned(sid)).version
+                async with trio.open_nursery() as nursery:
+                    nursery.start_soon(operation, cache, sid, version)
+                    for _ in range(turns):
+                        await trio.lowlevel.checkpoint()
+                    nursery.cancel_scope.cancel()
+                outcomes.add(await read_or_none(delegate, sid))
+                # Nobody else writes: the cache must say what the delegate says.
+                for advance in (0, 6, 5):  # the new value expires at 5 s, the old at 10 s
+                    clock.advance(advance)
+                    assert await read_or_none(cache, sid) == await read_or_none(delegate, sid)
+            assert outcomes == {b"old", None if kind == "invalidate" else b"new"}
+
+
+async def test_an_evicted_value_is_not_served_past_its_ttl() -> None:
+    clock = ManualClock()
+    async with (
+        MemoryStorage(clock=clock) as delegate,
+        open_cache_storage(delegate, clock=clock, max_entries=1) as cache,
+    ):
+        await cache.write_bytes("a", b"a", ttl=1.5)
+        await cache.write_bytes("b", b"b")  # "a" leaves the cache
+        assert await cache.read_bytes("a") == b"a"  # read again from the delegate
+        clock.advance(2)
+        with pytest.raises(SessionNotFound):
+            await cache.read_bytes("a")
+
+
+async def test_a_failing_provider_leaves_the_cached_value() -> None:
+    class Failed(Exception):
+        pass
+
+    async def failing(stream: trio.abc.SendStream) -> None:
+        await stream.send_all(b"partial")
+        raise Failed
+
+    async with slow_cache() as (cache, delegate):
+        await cache.write_bytes("s", b"value", ttl=60)
+        with pytest.raises(Failed):
+            await cache.write("s", failing)
+        assert await cache.read_bytes("s") == b"value"
+        assert delegate.loads == 0
+
+
 # ------------------------------------------------------ one delegate call per operation
 
 

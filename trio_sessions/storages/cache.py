@@ -101,15 +101,21 @@ class _Entry:
 class _Flight:
     """One delegate read shared by every reader that missed meanwhile."""
 
-    __slots__ = ("abandoned", "data", "done", "error", "large", "versioned")
+    __slots__ = ("abandoned", "data", "done", "error", "landed", "large", "versioned")
 
     def __init__(self) -> None:
-        self.done = trio.Event()
+        self.landed = False
+        self.done: trio.Event | None = None  # made by the first waiter
         self.data: bytes | None = None  # None: the session was not found
         self.versioned: Versioned | None = None
         self.large = False  # a streaming read found more than the cache keeps
         self.abandoned = False  # the reader was cancelled: a waiter reads instead
         self.error: BaseException | None = None
+
+    def finish(self) -> None:
+        self.landed = True
+        if self.done is not None:
+            self.done.set()
 
 
 class _Small:
@@ -192,7 +198,7 @@ class CacheStorage(ConditionalStorage):
         self._versioned_flights: dict[str, _Flight] = {}  # read_versioned
         # id -> (earliest, latest) expiry of the values written through the cache that the
         # delegate may hold, for ids not cached (or loaded since): oldest first.
-        self._doubts: dict[str, tuple[float, float]] = {}
+        self._doubts: OrderedDict[str, tuple[float, float]] = OrderedDict()
         self._writing: dict[str, int] = {}  # id -> writes and invalidates in progress
         self._overlapped: set[str] = set()  # ids whose writes overlapped one another
         self._scope: trio.CancelScope | None = None
@@ -465,11 +471,11 @@ class CacheStorage(ConditionalStorage):
         try:
             result = await self._delegate.read(session_id, probe)
         except SessionNotFound:
-            if not flight.done.is_set():
+            if not flight.landed:
                 self._land(session_id, flight, None, None, started)
             raise
         except BaseException as exc:
-            if not flight.done.is_set():
+            if not flight.landed:
                 self._crash(session_id, flight, exc)
             raise
         if not isinstance(result, _Small):
@@ -500,7 +506,12 @@ class CacheStorage(ConditionalStorage):
             raise
 
     async def _wait(self, flight: _Flight) -> None:
-        await flight.done.wait()
+        if not flight.landed:
+            if flight.done is None:
+                flight.done = trio.Event()
+            await flight.done.wait()
+        else:
+            await checkpoint()
         if flight.error is not None:
             # A fresh exception per waiter: one shared object would collect every
             # waiter's traceback.
@@ -522,14 +533,14 @@ class CacheStorage(ConditionalStorage):
         elif data is not None and self._attached(session_id, flight):
             self._install_loaded(session_id, data, versioned, started)
         self._detach(session_id, flight)
-        flight.done.set()
+        flight.finish()
 
     def _too_large(self, session_id: str, flight: _Flight) -> None:
         """A streaming read found a value above the entry limit: its waiters read alone."""
         flight.large = True
         self._observed(session_id)
         self._detach(session_id, flight)
-        flight.done.set()
+        flight.finish()
 
     def _crash(self, session_id: str, flight: _Flight, exc: BaseException) -> None:
         """The delegate read failed (waiters get the error) or was cancelled (they retry)."""
@@ -538,7 +549,7 @@ class CacheStorage(ConditionalStorage):
         else:
             flight.abandoned = True
         self._detach(session_id, flight)
-        flight.done.set()
+        flight.finish()
 
     def _attached(self, session_id: str, flight: _Flight) -> bool:
         return (
@@ -602,18 +613,23 @@ class CacheStorage(ConditionalStorage):
     ) -> None:
         """A write or invalidate ended with *outcome*; *data*: the value stored, if known."""
         count = self._writing[session_id] - 1
-        overlapped = session_id in self._overlapped
-        if count:
+        if count:  # another write of the id is in progress: it overlapped this one
             self._writing[session_id] = count
+            overlapped = True
         else:
             del self._writing[session_id]
-            self._overlapped.discard(session_id)
-        self._flights.pop(session_id, None)
-        self._versioned_flights.pop(session_id, None)
+            overlapped = session_id in self._overlapped
+            if overlapped:
+                self._overlapped.remove(session_id)
+        if self._flights:
+            self._flights.pop(session_id, None)
+        if self._versioned_flights:
+            self._versioned_flights.pop(session_id, None)
         if outcome == _UNCHANGED:
             return
         # The value this operation may have stored expires between these two times.
-        bounds = None if ttl is None else (started + ttl, self._clock() + ttl)
+        now = started if ttl is None else self._clock()
+        bounds = None if ttl is None else (started + ttl, now + ttl)
         if overlapped or outcome == _UNKNOWN:
             # The delegate holds what it held before or what this operation (or an
             # overlapping one) stored: cache neither, remember when they expire.
@@ -624,7 +640,7 @@ class CacheStorage(ConditionalStorage):
         if data is not None:
             versioned = None if version is None else Versioned(data, version)
             expires_at = math.inf if bounds is None else bounds[0]
-            if self._install(session_id, data, versioned, expires_at, bounds):
+            if self._install(session_id, data, versioned, expires_at, bounds, now):
                 return
         self._remember(session_id, bounds)
 
@@ -636,6 +652,11 @@ class CacheStorage(ConditionalStorage):
         It is served for ``idle_timeout`` at most, and never past the earliest expiry of
         the values written through the cache that the delegate may still hold.
         """
+        old = self._entries.get(session_id)
+        if old is not None:
+            if versioned is None and old.versioned is not None:
+                return  # a read of the same state, made without its version
+            self._discard(session_id)  # what it knew of the expiry stays
         expires_at = started + self._idle_timeout
         bounds = self._doubts.get(session_id)
         if bounds is not None:
@@ -644,10 +665,7 @@ class CacheStorage(ConditionalStorage):
                 bounds = None
             else:
                 expires_at = min(expires_at, bounds[0])
-        old = self._entries.get(session_id)
-        if old is not None and versioned is None and old.versioned is not None:
-            return  # a read of the same state, made without its version
-        self._install(session_id, data, versioned, expires_at, bounds)
+        self._install(session_id, data, versioned, expires_at, bounds, self._clock())
 
     def _install(
         self,
@@ -656,8 +674,8 @@ class CacheStorage(ConditionalStorage):
         versioned: Versioned | None,
         expires_at: float,
         bounds: tuple[float, float] | None,
+        now: float,
     ) -> bool:
-        now = self._clock()
         if len(data) > self._entry_limit or expires_at <= now or self._closed:
             return False
         self._discard(session_id)
@@ -680,18 +698,19 @@ class CacheStorage(ConditionalStorage):
         entry = self._entries.pop(session_id, None)
         if entry is not None:
             self._bytes -= len(entry.data)
-        self._doubts.pop(session_id, None)
+        if self._doubts:
+            self._doubts.pop(session_id, None)
 
     def _remember(self, session_id: str, bounds: tuple[float, float] | None) -> None:
         """The delegate may hold a value of *session_id* that expires within *bounds*."""
-        if bounds is None:
+        if bounds is None or self._closed:
             return
         known = self._doubts.pop(session_id, None)
         if known is not None:
             bounds = (min(known[0], bounds[0]), max(known[1], bounds[1]))
         self._doubts[session_id] = bounds
         if len(self._doubts) > self._max_entries:
-            del self._doubts[next(iter(self._doubts))]
+            self._doubts.popitem(last=False)
 
     def _close(self) -> None:
         self._closed = True
@@ -718,7 +737,7 @@ class CacheStorage(ConditionalStorage):
                 self._evictions += 1
             doubts = self._doubts
             while doubts and doubts[next(iter(doubts))][1] <= now:
-                del doubts[next(iter(doubts))]
+                doubts.popitem(last=False)
             await trio.sleep(max(wait, idle / 1000))
 
 
