@@ -475,7 +475,7 @@ def main() -> None:
                 print(f"{driver}: RedisStorage / starsessions = {mine / peer_rate:.2f}x{goal}")
             print(f"{driver} batches: {describe_batches(batches[driver])}")
         if peer_rate is None:
-            print("starsessions is not installed: pip install -e '.[bench]'")
+            print('starsessions is not installed: pip install -e ".[bench]"')
 
         print(f"\nrandom cancellations, {TASKS} tasks, each checking its replies")
         for driver in DRIVERS:

@@ -244,7 +244,7 @@ def test_a_missing_extra_exits_with_2_and_says_what_to_install(
     monkeypatch.setitem(sys.modules, "hypothesis", None)  # as if not installed
     assert main(["check"]) == 2
     err = capsys.readouterr().err
-    assert err.startswith("trio-sessions check: error: trio-sessions check needs the 'testing' ")
+    assert err.startswith("trio-sessions check: error: the check needs the 'testing' extra (")
     assert err.rstrip().endswith('pip install "trio-sessions[testing]"')
 
 

@@ -100,7 +100,7 @@ def _check(args: argparse.Namespace) -> int:
     try:
         from .testing import CHECKS, check_storage
     except ImportError as exc:  # hypothesis missing
-        raise MissingExtra("trio-sessions check", "testing", exc) from None
+        raise MissingExtra("the check", "testing", exc) from None
     for name in args.only or ():
         if name not in CHECKS:
             choices = ", ".join(map(repr, CHECKS))

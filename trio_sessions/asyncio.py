@@ -1,6 +1,6 @@
 """Use session stores written for asyncio from trio, through trio-asyncio.
 
-Requires the ``asyncio`` extra: ``pip install trio-sessions[asyncio]``.
+Requires the ``asyncio`` extra: ``pip install "trio-sessions[asyncio]"``.
 """
 
 from __future__ import annotations

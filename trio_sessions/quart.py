@@ -34,7 +34,7 @@ try:
     from quart_trio import QuartTrio
 except ImportError as exc:  # pragma: no cover - depends on the environment
     raise ImportError(
-        "trio_sessions.quart needs Quart-Trio: pip install 'trio-sessions[quart]'"
+        'trio_sessions.quart needs Quart-Trio: pip install "trio-sessions[quart]"'
     ) from exc
 
 from ._abc import SessionStorage

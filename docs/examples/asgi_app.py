@@ -69,7 +69,7 @@ def app_from_environment() -> Starlette:
     return create_app(os.environ["SESSIONS_DIRECTORY"], os.environ["SESSION_KEYS"].split())
 
 
-# A login and a logout in-process. httpx's ASGI transport sends no lifespan events,
+# A login and a logout in-process. httpx2's ASGI transport sends no lifespan events,
 # so this passes a storage it opened itself (its owner closes it) instead of a factory.
 async def main(directory: str) -> None:
     async with DirectoryStorage(directory) as storage:

@@ -547,7 +547,7 @@ def _require(driver: DriverName) -> Any:
     except ImportError as exc:
         raise ImportError(
             f"driver={driver!r} needs the {module} package: "
-            f"pip install 'trio-sessions[{_EXTRA[driver]}]'"
+            f'pip install "trio-sessions[{_EXTRA[driver]}]"'
         ) from exc
 
 
