@@ -14,8 +14,10 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from contextlib import asynccontextmanager
 from typing import Any
 
+import outcome
 import pytest
 import trio
+import trio.testing
 
 from trio_sessions import (
     InvalidSessionId,
@@ -24,6 +26,7 @@ from trio_sessions import (
     Versioned,
     WriteConflict,
 )
+from trio_sessions.storages._redis_drivers import AutoPipeline, Command
 from trio_sessions.storages.redis import (
     CHUNK_SIZE,
     HEADER_SIZE,
@@ -364,9 +367,9 @@ async def test_every_value_carries_a_version_that_every_write_replaces(
                 await stream.send_all(BIG)
 
             await storage.write(sid, provider, ttl=60)  # streamed, renamed into place
-            await version_is_new(BIG)
+            streamed = await version_is_new(BIG)
             assert await storage.read(sid, read_all) == BIG
-            version = await storage.write_bytes_if(sid, b"cas", version=max(seen, key=lambda v: v))
+            version = await storage.write_bytes_if(sid, b"cas", version=streamed)
             assert await version_is_new(b"cas") == version
             # A value of exactly one chunk comes back whole from a streaming read.
             await storage.write_bytes(sid, BIG[:CHUNK_SIZE])
@@ -722,3 +725,121 @@ async def test_pipelining_in_a_cluster_routes_each_command_to_its_node(
     # The sessions live on every node, and the batches carried commands for several.
     assert stats.batches > 0
     assert max(size for size, _ in stats.batch_sizes) > 3
+
+
+# ------------------------------------------------- the batching machinery, without a server
+
+
+class FakeServer:
+    """Records what the pipeline sends; replies when the test says so."""
+
+    def __init__(self) -> None:
+        self.sent: list[list[Command]] = []
+        self.release = trio.Event()
+        self.fail: Exception | None = None
+
+    async def send_one(self, command: Command) -> object:
+        self.sent.append([command])
+        await self.release.wait()
+        if isinstance(command[2], Exception):
+            raise command[2]
+        return command[1]
+
+    async def send_batch(self, commands: list[Command]) -> list[outcome.Outcome[object]]:
+        self.sent.append(commands)
+        await self.release.wait()
+        if self.fail is not None:
+            raise self.fail
+        return [
+            outcome.Error(c[2]) if isinstance(c[2], Exception) else outcome.Value(c[1])
+            for c in commands
+        ]
+
+
+async def test_the_pipeline_hands_each_caller_its_own_reply_or_error() -> None:
+    server = FakeServer()
+    pipeline = AutoPipeline(server.send_one, server.send_batch, max_batch=4)
+    replies: dict[int, object] = {}
+
+    async def caller(n: int, error: Exception | None = None) -> None:
+        try:
+            replies[n] = await pipeline.call((0, b"%d" % n, error, None))
+        except ValueError as exc:
+            replies[n] = exc
+
+    with trio.fail_after(5):
+        async with trio.open_nursery() as nursery:
+            for n in range(10):
+                nursery.start_soon(caller, n, ValueError(n) if n == 5 else None)
+            await trio.testing.wait_all_tasks_blocked()
+            server.release.set()
+    # The first went alone; the other nine in batches of at most four (the last one,
+    # with one command, alone too), each command once.
+    assert sorted(len(sent) for sent in server.sent) == [1, 1, 4, 4]
+    assert sorted(c[1] for sent in server.sent for c in sent) == sorted(
+        b"%d" % n for n in range(10)
+    )
+    assert {n: r for n, r in replies.items() if n != 5} == {
+        n: b"%d" % n for n in range(10) if n != 5
+    }
+    assert isinstance(replies[5], ValueError)
+    assert replies[5].args == (5,)
+    stats = pipeline.statistics()
+    assert (stats.direct, stats.batches, stats.batched) == (2, 2, 8)
+    assert stats.batch_sizes == ((4, 2),)
+
+
+async def test_a_cancelled_caller_leaves_its_batch_without_disturbing_it() -> None:
+    server = FakeServer()
+    pipeline = AutoPipeline(server.send_one, server.send_batch)
+    replies: dict[int, object] = {}
+    scopes = {n: trio.CancelScope() for n in range(8)}
+
+    async def caller(n: int) -> None:
+        with scopes[n]:
+            replies[n] = await pipeline.call((0, b"%d" % n, None, None))
+
+    with trio.fail_after(5):
+        async with trio.open_nursery() as nursery:
+            for n in range(4):  # the first to run goes alone, the others together
+                nursery.start_soon(caller, n)
+            await trio.testing.wait_all_tasks_blocked()
+            assert sorted(len(sent) for sent in server.sent) == [1, 3]
+            victim = int(server.sent[1][0][1])
+            for n in range(4, 8):
+                nursery.start_soon(caller, n)
+            await trio.lowlevel.checkpoint()
+            scopes[5].cancel()  # before its batch is sent: it never is
+            await trio.testing.wait_all_tasks_blocked()
+            scopes[victim].cancel()  # its batch is in flight: the reply will be dropped
+            await trio.testing.wait_all_tasks_blocked()
+            server.release.set()
+    assert [sorted(c[1] for c in sent) for sent in server.sent[2:]] == [[b"4", b"6", b"7"]]
+    assert replies == {n: b"%d" % n for n in range(8) if n not in (5, victim)}
+    stats = pipeline.statistics()
+    assert (stats.withdrawn, stats.dropped) == (1, 1)
+
+
+async def test_a_failed_batch_gives_every_caller_an_exception_of_its_own() -> None:
+    server = FakeServer()
+    server.fail = ConnectionError("connection lost")
+    pipeline = AutoPipeline(server.send_one, server.send_batch)
+    errors: list[BaseException] = []
+
+    async def caller(n: int) -> None:
+        try:
+            await pipeline.call((0, b"%d" % n, None, None))
+        except ConnectionError as exc:
+            errors.append(exc)
+
+    with trio.fail_after(5):
+        async with trio.open_nursery() as nursery:
+            for n in range(6):
+                nursery.start_soon(caller, n)
+            await trio.testing.wait_all_tasks_blocked()
+            server.release.set()
+    # The first was sent alone and succeeded; the five in the batch each got a copy.
+    assert len(errors) == 5
+    assert len({id(error) for error in errors}) == 5
+    assert all(str(error) == "connection lost" for error in errors)
+    assert all(error.__cause__ is server.fail for error in errors)
