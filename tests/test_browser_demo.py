@@ -3,7 +3,10 @@
 * headless Chromium (Debian's ``chromium``, driven by Playwright) visits, logs in, sees the
   counter persist, logs out, and its cookie jar shows the attributes we set: a browser
   enforces cookie rules (``__Host-`` needs ``Secure`` and ``Path=/``) that httpx ignores;
-* sessions kept by DirectoryStorage survive a restart of the server process.
+* "remember me" ticked, the session survives a browser restart (a new context with the
+  saved storage state); not ticked, it does not;
+* sessions kept by DirectoryStorage survive a restart of the server process, and the
+  startup line names the directory they are kept in.
 
 Without Chromium or Playwright these tests skip locally and fail under CI=true.
 """
@@ -12,10 +15,12 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import ssl
 import subprocess
 import sys
+import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -37,6 +42,8 @@ CHROMIUM_FLAGS = [
 ]
 NO_TLS = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
 COOKIE = "__Host-session"
+LOGIN_CSRF = "__Host-login-csrf"
+REMEMBER_ME_SECONDS = 30 * 24 * 60 * 60
 
 
 def _missing(what: str) -> None:
@@ -46,8 +53,8 @@ def _missing(what: str) -> None:
 
 
 @asynccontextmanager
-async def demo(root: Path) -> AsyncIterator[str]:
-    """Run ``trio-sessions demo`` on a free port; yield its URL; stop it by pid."""
+async def demo(root: Path) -> AsyncIterator[tuple[str, str]]:
+    """Run ``trio-sessions demo`` on a free port; yield its URL and startup line; stop it."""
     command = [sys.executable, "-m", "trio_sessions", "demo", "--port", "0", "--root", str(root)]
     process = await trio.lowlevel.open_process(
         command, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL
@@ -60,9 +67,9 @@ async def demo(root: Path) -> AsyncIterator[str]:
                 chunk = await process.stdout.receive_some()
                 assert chunk, "the demo exited before serving"
                 buffer += chunk
-        line = buffer.decode()
+        line = buffer.decode().strip()
         url = line[line.index("http://") :].split()[0].rstrip("/")
-        yield url
+        yield url, line
     finally:
         with trio.CancelScope(shield=True), trio.move_on_after(10):
             process.send_signal(signal.SIGTERM)
@@ -74,38 +81,69 @@ async def demo(root: Path) -> AsyncIterator[str]:
     assert process.returncode == 0
 
 
-def cookie_header(response: httpx.Response) -> str:
-    return response.headers["set-cookie"].split(";")[0]
+def cookie_header(response: httpx.Response, name: str = COOKIE) -> str:
+    (header,) = [h for h in response.headers.get_list("set-cookie") if h.startswith(name + "=")]
+    return header.split(";")[0]
+
+
+async def log_in(client: httpx.AsyncClient, name: str) -> str:
+    """Log in through the form, CSRF token included; return the session cookie."""
+    page = await client.get("/")
+    match = re.search(r'name="csrf" value="([^"]+)"', page.text)
+    assert match is not None
+    response = await client.post(
+        "/login",
+        data={"username": name, "csrf": match.group(1)},
+        headers={"Cookie": cookie_header(page, LOGIN_CSRF)},
+    )
+    assert response.status_code == 303
+    return cookie_header(response)
+
+
+async def log_out(client: httpx.AsyncClient, session: str) -> None:
+    page = await client.get("/", headers={"Cookie": session})
+    match = re.search(r'name="csrf" value="([^"]+)"', page.text)
+    assert match is not None
+    response = await client.post(
+        "/logout", data={"csrf": match.group(1)}, headers={"Cookie": session}
+    )
+    assert response.status_code == 303
 
 
 async def test_sessions_survive_a_server_restart(tmp_path: Path) -> None:
     with trio.fail_after(60):
-        async with demo(tmp_path) as url, httpx.AsyncClient(base_url=url, verify=NO_TLS) as client:
-            first = await client.get("/")
-            anonymous = cookie_header(first)
-            login = await client.post(
-                "/login", data={"username": "alice"}, headers={"Cookie": anonymous}
-            )
-            assert login.status_code == 303
-            alice = cookie_header(login)
+        async with (
+            demo(tmp_path) as (url, _),
+            httpx.AsyncClient(base_url=url, verify=NO_TLS) as client,
+        ):
+            alice = await log_in(client, "alice")
+            await client.get("/", headers={"Cookie": alice})  # visit 1
             await client.get("/", headers={"Cookie": alice})  # visit 2
-            other = cookie_header(await client.post("/login", data={"username": "bob"}))
-            logout = await client.post("/logout", headers={"Cookie": other})
-            assert logout.status_code == 303
+            bob = await log_in(client, "bob")
+            await log_out(client, bob)
         assert any(tmp_path.joinpath("sessions").rglob("*")), "nothing stored on disk"
 
-        async with demo(tmp_path) as url, httpx.AsyncClient(base_url=url, verify=NO_TLS) as client:
+        async with (
+            demo(tmp_path) as (url, _),
+            httpx.AsyncClient(base_url=url, verify=NO_TLS) as client,
+        ):
             state = (await client.get("/state", headers={"Cookie": alice})).json()
-            assert state == {
-                "user": "alice",
-                "visits": 2,
-                "new": False,
-                "stored_bytes": state["stored_bytes"],
-            }
-            assert state["stored_bytes"] > 0
-            # Logged-out and rotated-away ids stay dead across the restart.
-            for dead in (other, anonymous):
-                assert (await client.get("/state", headers={"Cookie": dead})).json()["new"]
+            assert state["user"] == "alice"
+            assert state["visits"] == 2
+            # A logged-out id stays dead across the restart.
+            assert (await client.get("/state", headers={"Cookie": bob})).json() == {"user": None}
+
+
+async def test_the_startup_line_names_the_session_directory(tmp_path: Path) -> None:
+    with trio.fail_after(30):
+        async with (
+            demo(tmp_path / "root") as (url, line),
+            httpx.AsyncClient(base_url=url, verify=NO_TLS) as client,
+        ):
+            await log_in(client, "alice")
+    sessions = tmp_path / "root" / "sessions"
+    assert line == f"trio-sessions demo: open {url}/ (sessions in {sessions}; Ctrl+C stops)"
+    assert len([p for p in sessions.rglob("*") if p.is_file()]) == 1  # the session is there
 
 
 def browse(url: str, screenshot: Path) -> dict[str, Any]:
@@ -124,11 +162,9 @@ def browse(url: str, screenshot: Path) -> dict[str, Any]:
                 return page.inner_text("#visits")
 
             page.goto(url + "/")
-            seen["first_visit"] = visits()
-            seen["cookies_before_login"] = context.cookies()
-            page.goto(url + "/")
+            seen["before_login_user"] = page.inner_text("#user")
             page.reload()
-            seen["third_visit"] = visits()
+            seen["cookies_before_login"] = context.cookies()
             page.fill("#username", "alice")
             page.click("#login")
             page.wait_for_selector("#logout")
@@ -136,14 +172,59 @@ def browse(url: str, screenshot: Path) -> dict[str, Any]:
             seen["after_login"] = visits()
             page.goto(url + "/")
             seen["after_navigation"] = visits()
+            seen["expiry"] = page.inner_text("#expiry")
             seen["cookies_after_login"] = context.cookies()
             seen["script_visible_cookies"] = page.evaluate("document.cookie")
             seen["screenshot_bytes"] = len(page.screenshot(path=str(screenshot), full_page=True))
             page.click("#logout")
             page.wait_for_selector("#login")
             seen["after_logout_user"] = page.inner_text("#user")
-            seen["after_logout_visits"] = visits()
             seen["cookies_after_logout"] = context.cookies()
+        finally:
+            browser.close()
+    return seen
+
+
+def restart(state: Any) -> Any:
+    """The storage state a browser keeps across a restart: without session cookies.
+
+    Playwright's ``storage_state()`` keeps every cookie, browser-session cookies
+    (``expires == -1``) included, which a real browser drops when it is closed (unless
+    it restores sessions). Leaving them out makes a new context a restarted browser.
+    """
+    return {**state, "cookies": [c for c in state["cookies"] if c["expires"] != -1]}
+
+
+def remember(url: str, screenshot: Path) -> dict[str, Any]:
+    """Log in with and without "remember me"; restart the browser; return what it saw."""
+    from playwright.sync_api import sync_playwright
+
+    seen: dict[str, Any] = {}
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_FLAGS)
+        try:
+            for name, tick in (("alice", True), ("bob", False)):
+                context = browser.new_context()
+                page = context.new_page()
+                page.set_default_timeout(15_000)
+                page.goto(url + "/")
+                page.fill("#username", name)
+                if tick:
+                    page.check("#remember")
+                page.click("#login")
+                page.wait_for_selector("#logout")
+                if tick:
+                    page.screenshot(path=str(screenshot), full_page=True)
+                state = context.storage_state()
+                context.close()
+                seen[name] = {"cookies": state["cookies"]}
+                for how, kept in (("restarted", restart(state)), ("kept", state)):
+                    again = browser.new_context(storage_state=kept)
+                    page = again.new_page()
+                    page.set_default_timeout(15_000)
+                    page.goto(url + "/")
+                    seen[name][how] = page.inner_text("#user")
+                    again.close()
         finally:
             browser.close()
     return seen
@@ -158,50 +239,75 @@ def require_browser() -> None:
         _missing("playwright")
 
 
+async def in_browser(what: str, url: str, screenshot: Path) -> dict[str, Any]:
+    # Its own process: Playwright's sync API runs an asyncio loop, which must not meet
+    # the event loop policy other tests (trio-asyncio) may have installed.
+    result = await trio.run_process(
+        [sys.executable, __file__, what, url, str(screenshot)], capture_stdout=True
+    )
+    seen: dict[str, Any] = json.loads(result.stdout)
+    return seen
+
+
 async def test_real_browser_uses_the_demo(tmp_path: Path) -> None:
     require_browser()
     screenshot = Path(os.environ.get("TRIO_SESSIONS_SCREENSHOT", tmp_path / "demo.png"))
     with trio.fail_after(120):
-        async with demo(tmp_path / "root") as url:
-            # Its own process: Playwright's sync API runs an asyncio loop, which must not
-            # meet the event loop policy other tests (trio-asyncio) may have installed.
-            result = await trio.run_process(
-                [sys.executable, __file__, url, str(screenshot)], capture_stdout=True
-            )
-            seen = json.loads(result.stdout)
+        async with demo(tmp_path / "root") as (url, _):
+            seen = await in_browser("browse", url, screenshot)
             async with httpx.AsyncClient(base_url=url, verify=NO_TLS) as client:
                 before = seen["cookies_after_login"][0]["value"]
                 dead = await client.get("/state", headers={"Cookie": f"{COOKIE}={before}"})
-                assert dead.json() == {
-                    "user": None,
-                    "visits": 0,
-                    "new": True,
-                    "stored_bytes": None,
-                }
+                assert dead.json() == {"user": None}  # logged out on the server
 
-    assert seen["first_visit"] == "1"
-    assert seen["third_visit"] == "3"
+    assert seen["before_login_user"] == "Not logged in."
     assert seen["user"] == "alice"
-    assert seen["after_login"] == "4"  # the data moved to the new id with the login
-    assert seen["after_navigation"] == "5"
+    assert seen["after_login"] == "1"
+    assert seen["after_navigation"] == "2"
+    assert "when you close the browser" in seen["expiry"]
     assert seen["after_logout_user"] == "Not logged in."
-    assert seen["after_logout_visits"] == "1"  # a new, empty session
-    assert seen["script_visible_cookies"] == ""  # HttpOnly: scripts cannot read it
+    assert seen["script_visible_cookies"] == ""  # HttpOnly: scripts cannot read them
 
-    (before_login,) = seen["cookies_before_login"]
-    (after_login,) = seen["cookies_after_login"]
-    (after_logout,) = seen["cookies_after_logout"]
-    for cookie in (before_login, after_login, after_logout):
-        assert cookie["name"] == COOKIE
+    # A visitor holds no session cookie, only the login form's CSRF cookie.
+    (csrf,) = seen["cookies_before_login"]
+    assert csrf["name"] == LOGIN_CSRF
+    assert csrf["sameSite"] == "Strict"
+    (after_login,) = seen["cookies_after_login"]  # the CSRF cookie was spent at login
+    (after_logout,) = seen["cookies_after_logout"]  # the session cookie was deleted
+    assert after_logout["name"] == LOGIN_CSRF
+    assert after_logout["value"] != csrf["value"]
+    assert after_login["name"] == COOKIE
+    assert after_login["sameSite"] == "Lax"
+    assert after_login["expires"] == -1  # a browser-session cookie: no "remember me"
+    for cookie in (csrf, after_login, after_logout):
         assert cookie["domain"] == "127.0.0.1"  # host-only: no Domain attribute
         assert cookie["path"] == "/"
         assert cookie["secure"] is True
         assert cookie["httpOnly"] is True
-        assert cookie["sameSite"] == "Lax"
-        assert cookie["expires"] == -1  # a browser-session cookie
-    assert len({before_login["value"], after_login["value"], after_logout["value"]}) == 3
     assert seen["screenshot_bytes"] > 0
 
 
+async def test_remember_me_survives_a_browser_restart(tmp_path: Path) -> None:
+    require_browser()
+    screenshot = Path(os.environ.get("TRIO_SESSIONS_REMEMBER_SCREENSHOT", tmp_path / "r.png"))
+    with trio.fail_after(120):
+        async with demo(tmp_path / "root") as (url, _):
+            started = time.time()
+            seen = await in_browser("remember", url, screenshot)
+
+    # Ticked: the session cookie carries an expiry 30 days ahead and survives a restart.
+    (alice,) = [c for c in seen["alice"]["cookies"] if c["name"] == COOKIE]
+    assert started + REMEMBER_ME_SECONDS - 60 < alice["expires"] < time.time() + REMEMBER_ME_SECONDS
+    assert seen["alice"]["restarted"] == "alice"
+    # Not ticked: a browser-session cookie, which a restart drops: logged out.
+    (bob,) = [c for c in seen["bob"]["cookies"] if c["name"] == COOKIE]
+    assert bob["expires"] == -1
+    assert seen["bob"]["restarted"] == "Not logged in."
+    # (Playwright's storage state keeps browser-session cookies: without the filter
+    # above, the new context would still be logged in.)
+    assert seen["bob"]["kept"] == "bob"
+
+
 if __name__ == "__main__":
-    print(json.dumps(browse(sys.argv[1], Path(sys.argv[2]))))
+    run = {"browse": browse, "remember": remember}[sys.argv[1]]
+    print(json.dumps(run(sys.argv[2], Path(sys.argv[3]))))

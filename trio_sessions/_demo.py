@@ -1,248 +1,207 @@
-"""``trio-sessions demo``: a small Quart-Trio app showing server-side sessions at work.
+"""``trio-sessions demo``: serve the demo application (`trio_sessions._demo_app`).
 
-A visit counter, a login form that rotates the session id, a logout that kills the
-session on the server, and a view of what the server stores for the visitor. Sessions
-live in a `DirectoryStorage` under ``./.trio-sessions`` (by default), so they survive a
-restart of the demo. Requires the ``quart`` extra.
+A login/logout flow that is safe to copy: no session until login, CSRF tokens on both
+forms, "remember me", logout on the server. Sessions live in a `DirectoryStorage` under
+``ROOT/sessions`` (``./.trio-sessions/sessions`` by default), beside the key that signs
+the cookies, so they survive a restart. Problems that stop the demo from starting (the
+port is taken, ROOT cannot be written) are told in one line, with what to do, and exit
+with status 2. Requires the ``demo`` extra.
 """
 
 from __future__ import annotations
 
-import html
-import json
+import errno
 import os
-import secrets
 import signal
+import socket
 import sys
-import time
+import tempfile
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
+from functools import partial
 from typing import Any
 
 import trio
 
-from ._abc import SessionStorage
-from ._errors import SessionNotFound
-from .sessions import CookieOptions, Session, SessionManager
+from ._errors import StorageError
+from .storages.directory import DirectoryStorage
 
-__all__ = ["DEMO_COOKIE", "create_app", "demo_storage", "main", "open_server"]
+__all__ = ["demo_storage", "listen", "main", "open_server", "prepare_root"]
 
-DEMO_COOKIE = CookieOptions(name="__Host-session")
-DEMO_IDLE_TIMEOUT = 15 * 60
-DEMO_ABSOLUTE_TIMEOUT = 8 * 60 * 60
+_KEY_BYTES = 32
 
 
-def demo_storage(root: str) -> SessionStorage:
+def demo_storage(root: str) -> DirectoryStorage:
     """The demo's storage: the one place that chooses it."""
-    from .storages.directory import DirectoryStorage
-
     return DirectoryStorage(os.path.join(root, "sessions"))
 
 
-def _secret_key(root: str) -> bytes:
-    """The demo's signing key, kept beside the sessions so a restart keeps them valid."""
-    path = os.path.join(root, "secret-key")
+def prepare_root(root: str) -> bytes:
+    """Make *root* and its ``sessions`` folder (mode 0700); return the signing key.
+
+    The key is kept in ``ROOT/secret-key`` (mode 0600), so a restart keeps the cookies
+    valid. A probe file is written and removed, so an unwritable directory is found now,
+    not at the first login. Blocking; raises `OSError` naming the path that failed.
+    """
+    sessions = os.path.join(root, "sessions")
     os.makedirs(root, mode=0o700, exist_ok=True)
+    os.makedirs(sessions, mode=0o700, exist_ok=True)
+    fd, probe = tempfile.mkstemp(dir=sessions, prefix=".probe-", suffix=".tmp")
+    os.close(fd)
+    os.unlink(probe)
+    path = os.path.join(root, "secret-key")
     try:
         with open(path, "rb") as file:
             key = file.read()
-        if len(key) >= 32:
+        if len(key) >= _KEY_BYTES:
             return key
     except FileNotFoundError:
         pass
-    key = secrets.token_bytes(32)
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "wb") as file:
-        file.write(key)
+    key = os.urandom(_KEY_BYTES)
+    fd, temporary = tempfile.mkstemp(dir=root, prefix=".secret-key-", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as file:  # mkstemp makes it 0600
+            file.write(key)
+        os.replace(temporary, path)
+    except BaseException:
+        os.unlink(temporary)
+        raise
     return key
 
 
-def create_app(
-    storage: SessionStorage,
-    *,
-    secret_key: bytes | None = None,
-    clock: Callable[[], float] = time.time,
-    **options: Any,
-) -> Any:
-    """Build the demo's QuartTrio application (returned as ``Any``: Quart is optional)."""
-    from quart import redirect, request
-    from quart_trio import QuartTrio
+def listen(host: str, port: int) -> socket.socket:
+    """A TCP socket bound to *host*:*port* and listening (blocking: it may resolve *host*).
 
-    from .quart import current_session as current
-    from .quart import init_app
-
-    app = QuartTrio("trio_sessions.demo")
-    options.setdefault("idle_timeout", DEMO_IDLE_TIMEOUT)
-    options.setdefault("absolute_timeout", DEMO_ABSOLUTE_TIMEOUT)
-    options.setdefault("cookie", DEMO_COOKIE)
-    interface = init_app(app, storage, secret_key=secret_key, clock=clock, **options)
-    manager = interface.manager
-
-    @app.get("/")
-    async def index() -> str:
-        visitor = current()
-        visitor["visits"] = visitor.get("visits", 0) + 1
-        return await _page(manager, visitor, clock)
-
-    @app.post("/login")
-    async def login() -> Any:
-        form = await request.form
-        name = form.get("username", "").strip()[:40] or "guest"
-        visitor = current()
-        visitor.regenerate()  # a new id on login: a planted or leaked id is now useless
-        visitor["user"] = name
-        return redirect("/", 303)
-
-    @app.post("/logout")
-    async def logout() -> Any:
-        await trio.lowlevel.checkpoint()
-        current().invalidate()
-        return redirect("/", 303)
-
-    @app.get("/state")
-    async def state() -> dict[str, Any]:
-        visitor = current()
-        stored = await _stored_size(manager, visitor)
-        return {
-            "user": visitor.get("user"),
-            "visits": visitor.get("visits", 0),
-            "new": visitor.new,
-            "stored_bytes": stored,
-        }
-
-    return app
-
-
-async def _stored_size(manager: SessionManager, visitor: Session) -> int | None:
-    if visitor.new:
-        await trio.lowlevel.checkpoint()
-        return None
+    Raises `OSError` (``EADDRINUSE`` when the port is taken) as itself.
+    """
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
     try:
-        return len(await manager.storage.read_bytes(visitor.id))
-    except SessionNotFound:
-        await trio.lowlevel.checkpoint()
-        return None
-
-
-def _when(seconds: float) -> str:
-    if seconds == float("inf"):
-        return "never"
-    minutes, secs = divmod(max(0, int(seconds)), 60)
-    hours, minutes = divmod(minutes, 60)
-    return f"in {hours} h {minutes:02d} min {secs:02d} s"
-
-
-async def _page(manager: SessionManager, visitor: Session, clock: Callable[[], float]) -> str:
-    now = clock()
-    user = visitor.get("user")
-    stored = await _stored_size(manager, visitor)
-    # This request changed the counter, so its save refreshes the idle timer to now.
-    idle_end = now + manager.idle_timeout
-    absolute_end = (
-        visitor.created_at + manager.absolute_timeout
-        if manager.absolute_timeout is not None
-        else float("inf")
-    )
-    data = html.escape(json.dumps(dict(visitor)))
-    created = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(visitor.created_at))
-    idle = manager.idle_timeout
-    idle_text = f"{_when(idle_end - now)} (sliding: {idle:.0f} s after a visit)"
-    who = (
-        f"<p>Logged in as <b id='user'>{html.escape(user)}</b>.</p>"
-        "<form method='post' action='/logout'><button id='logout'>Log out</button></form>"
-        if user
-        else "<p id='user'>Not logged in.</p>"
-        "<form method='post' action='/login'><input name='username' id='username' "
-        "placeholder='your name' maxlength='40'> <button id='login'>Log in</button></form>"
-    )
-    storage = manager.storage
-    where = html.escape(f"{type(storage).__name__} {getattr(storage, 'root', '')}".strip())
-    size = "not stored yet (saved after this response)" if stored is None else f"{stored} bytes"
-    return f"""<!doctype html>
-<html lang="en"><head><meta charset="utf-8"><title>trio-sessions demo</title>
-<style>
-body {{ font-family: system-ui, sans-serif; max-width: 46rem; margin: 2rem auto; }}
-table {{ border-collapse: collapse; }} td {{ padding: .2rem .8rem .2rem 0; }}
-code {{ background: #f3f3f3; padding: 0 .2rem; }} .note {{ color: #555; font-size: .9rem; }}
-</style></head><body>
-<h1>trio-sessions demo</h1>
-<p>You have visited this page <b id="visits">{visitor.get("visits", 0)}</b> times
-in this session.</p>
-{who}
-<h2>What the server stores for you</h2>
-<table>
-<tr><td>storage</td><td><code>{where}</code></td></tr>
-<tr><td>stored before this visit</td><td id="size">{size}</td></tr>
-<tr><td>session data</td><td><code id="data">{data}</code></td></tr>
-<tr><td>created</td><td>{created}</td></tr>
-<tr><td>idle expiry</td><td>{idle_text}</td></tr>
-<tr><td>absolute expiry</td><td>{_when(absolute_end - now)}</td></tr>
-<tr><td>cookie</td><td><code>{html.escape(manager.cookie.set_cookie("…"))}</code></td></tr>
-</table>
-<p class="note">Only a signed, random id travels in the cookie; the data stays on the
-server. Logging in moves the data to a new id; logging out deletes it on the server.
-The cookie is <code>Secure</code>: browsers accept that over plain http only on
-<code>127.0.0.1</code> and <code>localhost</code>, which they treat as secure.</p>
-</body></html>
-"""
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        sock.bind((host, port))
+        sock.listen(100)
+        sock.setblocking(False)
+    except BaseException:
+        sock.close()
+        raise
+    return sock
 
 
 @asynccontextmanager
-async def open_server(app: Any, host: str = "127.0.0.1", port: int = 0) -> AsyncIterator[str]:
+async def open_server(
+    app: Any, host: str = "127.0.0.1", port: int = 0, *, sock: socket.socket | None = None
+) -> AsyncIterator[str]:
     """Serve *app* with Hypercorn's trio worker; yield its base URL; stop it on exit.
 
-    Port 0 picks a free port. Leaving the block shuts the server down gracefully
+    It listens on *sock* if given (and closes it at the end), else on *host*:*port*;
+    port 0 picks a free port. Leaving the block shuts the server down gracefully
     (lifespan shutdown included) and waits for it.
     """
-    from hypercorn.config import Config
-    from hypercorn.trio import serve
+    from hypercorn.config import Config, Sockets
+    from hypercorn.trio.run import worker_serve
+    from hypercorn.utils import wrap_app
 
     config = Config()
-    config.bind = [f"{host}:{port}"]
     config.accesslog = None
     config.graceful_timeout = 2.0
+    if sock is None:
+        sock = await trio.to_thread.run_sync(listen, host, port)
     stop = trio.Event()
+    serve = partial(
+        worker_serve,
+        wrap_app(app, config.wsgi_max_body_size, "asgi"),
+        config,
+        sockets=Sockets([], [sock], []),
+        shutdown_trigger=stop.wait,
+    )
+    try:
+        async with trio.open_nursery() as nursery:
+            binds = await nursery.start(serve)
+            try:
+                yield binds[0]
+            finally:
+                stop.set()
+    finally:
+        sock.close()
 
-    async def shutdown_trigger() -> None:
-        await stop.wait()
 
-    async with trio.open_nursery() as nursery:
-        binds = await nursery.start(
-            lambda task_status: serve(
-                app, config, shutdown_trigger=shutdown_trigger, task_status=task_status
-            )
-        )
-        try:
-            yield binds[0]
-        finally:
-            stop.set()
-
-
-async def _serve_until_signal(app: Any, host: str, port: int, ready: Callable[[str], None]) -> None:
+async def _serve_until_signal(app: Any, sock: socket.socket, ready: Callable[[str], None]) -> None:
     with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
-        async with open_server(app, host, port) as url:
+        async with open_server(app, sock=sock) as url:
             ready(url)
             async for _ in signals:
                 break
 
 
+def _cannot_listen(host: str, port: int, exc: OSError) -> str:
+    where = f"{host}:{port}"
+    if exc.errno == errno.EADDRINUSE:
+        return (
+            f"cannot listen on {where}: port {port} is already in use (another server, or "
+            f"the demo already running?); choose another with --port, e.g. --port "
+            f"{port + 1 if port < 65535 else 8000}, or --port 0 for any free port"
+        )
+    if exc.errno == errno.EACCES:
+        return (
+            f"cannot listen on {where}: permission denied (ports below 1024 need "
+            "privileges); choose another with --port, e.g. --port 8000"
+        )
+    reason = exc.strerror or str(exc)
+    return (
+        f"cannot listen on {where}: {reason}; choose an address of this machine with "
+        "--host, e.g. --host 127.0.0.1"
+    )
+
+
+def _cannot_write(root: str, exc: OSError) -> str:
+    reason = exc.strerror or str(exc)
+    path = exc.filename if isinstance(exc.filename, str) else root
+    if path != root:
+        reason = f"{reason}: {path}"
+    return (
+        f"cannot keep the demo's sessions in {root}: {reason}; choose a directory you can "
+        "write to with --root DIR"
+    )
+
+
 def main(host: str, port: int, root: str) -> int:
-    """Run the demo until SIGINT or SIGTERM."""
-    try:
-        import quart_trio  # noqa: F401
-    except ImportError:
-        print("error: the demo needs the 'quart' extra: pip install 'trio-sessions[quart]'")
+    """Run the demo until SIGINT or SIGTERM; return the exit status."""
+
+    def fail(message: str) -> int:
+        print(f"error: {message}", file=sys.stderr)
         return 2
+
+    try:
+        from ._demo_app import create_app
+    except ImportError as exc:
+        return fail(
+            f"the demo needs Quart-Trio and Hypercorn ({exc}); install the 'demo' extra, "
+            "from a clone of trio-sessions: python3 -m pip install -e '.[demo]'"
+        )
+    if not 0 <= port <= 65535:
+        return fail(f"--port must be between 0 and 65535 (got {port}); 0 picks a free port")
     root = os.path.abspath(root)
-    storage = demo_storage(root)
-    app = create_app(storage, secret_key=_secret_key(root))
+    try:
+        key = prepare_root(root)
+        storage = demo_storage(root)
+    except OSError as exc:
+        return fail(_cannot_write(root, exc))
+    except StorageError as exc:
+        return fail(f"{exc} (or choose another directory with --root DIR)")
+    app = create_app(storage, secret_key=key)
+    try:
+        sock = listen(host, port)
+    except OSError as exc:
+        return fail(_cannot_listen(host, port, exc))
+    sessions = os.path.join(root, "sessions")
 
     def ready(url: str) -> None:
-        print(f"trio-sessions demo: open {url}/ (sessions in {root}; Ctrl+C stops)", flush=True)
+        print(f"trio-sessions demo: open {url}/ (sessions in {sessions}; Ctrl+C stops)", flush=True)
 
     async def run() -> None:
         try:
-            await _serve_until_signal(app, host, port, ready)
+            await _serve_until_signal(app, sock, ready)
         finally:
             with trio.CancelScope(shield=True):
                 await storage.aclose()
