@@ -36,6 +36,7 @@ from .storages.memory import MemoryStorageStatistics as MemoryStorageStatistics
 from .storages.postgres import PostgresStorage as PostgresStorage
 from .storages.postgres import open_postgres_storage as open_postgres_storage
 from .storages.redis import RedisStorage as RedisStorage
+from .storages.redis import RedisStorageStatistics as RedisStorageStatistics
 from .storages.redis import open_redis_storage as open_redis_storage
 
 __version__ = "0.1.0.dev0"
@@ -59,6 +60,7 @@ __all__ = [
     "PostgresStorage",
     "Provider",
     "RedisStorage",
+    "RedisStorageStatistics",
     "Serializer",
     "Session",
     "SessionDataError",
