@@ -3,6 +3,11 @@
     python directory_worker.py crash ROOT LOG SEED FSYNC   write until killed (bounded)
     python directory_worker.py hammer ROOT SEED SECONDS    write, read, purge; print counts
     python directory_worker.py rss ROOT MIB                stream a session; print peak RSS
+    python directory_worker.py cas ROOT SEED WINS          compare-and-set one id; print wins
+    python directory_worker.py race ROOT SEED ROUNDS       compare-and-set ids until logged out
+    python directory_worker.py logout ROOT SEED ROUNDS     log those ids out amid the race
+    python directory_worker.py stall ROOT SID              stop inside a write, holding its lock
+    python directory_worker.py flood ROOT SEED COUNT MAX   create sessions under a quota
 
 Values are recognizable: ``<writer:seq:size>`` and then bytes derived from that tag, so
 a reader can tell a complete value from a torn, mixed or truncated one.
@@ -12,14 +17,17 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import random
 import sys
+import time
 from collections.abc import Awaitable, Callable
 from typing import TextIO
 
 import trio
 
-from trio_sessions import DirectoryStorage, SessionNotFound
+from trio_sessions import DirectoryStorage, SessionNotFound, StorageError, WriteConflict
+from trio_sessions.storages import directory as directory_module
 
 IDS = [f"shared-session-{n}" for n in range(12)]
 SIZES = [40, 900, 5_000, 30_000, 70_000, 150_000, 300_000]  # the larger ones stream
@@ -188,6 +196,114 @@ async def rss(root: str, mib: int) -> None:
     print(json.dumps(result), flush=True)
 
 
+CAS_ID = "cas-target"
+
+
+async def cas(root: str, seed: int, wins: int) -> None:
+    """Compare-and-set CAS_ID until *wins* writes succeeded; print each (read, written)."""
+    storage = DirectoryStorage(root, fsync=False)
+    rng = random.Random(seed)
+    won: list[tuple[int, int]] = []
+    conflicts = 0
+    for seq in range(1_000_000):
+        if len(won) >= wins:
+            break
+        found = await storage.read_versioned(CAS_ID)
+        value = make_value(f"w{seed}", seq, rng.choice([40, 900, 5_000]))
+        try:
+            version = await storage.write_bytes_if(CAS_ID, value, version=found.version)
+        except WriteConflict:
+            conflicts += 1
+            continue
+        won.append((found.version, version))
+    print(json.dumps({"wins": won, "conflicts": conflicts}), flush=True)
+
+
+def race_id(n: int) -> str:
+    return f"race-round-{n}"
+
+
+async def race(root: str, seed: int, rounds: int) -> None:
+    """For each round's id: compare-and-set it until it is gone; print wins per round.
+
+    A round ends when the id is gone, or after 500 attempts (the logout comes within a
+    few: more means it was undone, which the test then finds).
+    """
+    storage = DirectoryStorage(root, fsync=False)
+    wins = [0] * rounds
+    for n in range(rounds):
+        for seq in range(500):
+            try:
+                found = await storage.read_versioned(race_id(n))
+            except SessionNotFound:
+                break
+            value = make_value(f"r{seed}", n * 1000 + seq, 100)
+            try:
+                await storage.write_bytes_if(race_id(n), value, version=found.version)
+            except WriteConflict:
+                continue
+            wins[n] += 1
+    print(json.dumps({"wins": wins}), flush=True)
+
+
+async def logout(root: str, seed: int, rounds: int) -> None:
+    """For each round's id: once a racer wrote it, wait a moment, then invalidate it."""
+    storage = DirectoryStorage(root, fsync=False)
+    rng = random.Random(seed)
+    raced = 0
+    for n in range(rounds):
+        initial = (await storage.read_versioned(race_id(n))).version
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:
+            if (await storage.read_versioned(race_id(n))).version != initial:
+                raced += 1
+                break
+        await trio.sleep(rng.uniform(0, 0.003))
+        await storage.invalidate(race_id(n))
+    print(json.dumps({"raced": raced}), flush=True)
+
+
+async def stall(root: str, sid: str) -> None:
+    """Start a write of *sid* and stop just before its rename, holding the folder's lock."""
+    real_os = os
+
+    class Stalling:
+        def __getattr__(self, name: str) -> object:
+            return getattr(real_os, name)
+
+        @staticmethod
+        def replace(*args: object, **kwargs: object) -> None:
+            print("locked", flush=True)
+            time.sleep(60)  # in the storage's worker thread, lock held, until killed
+
+    setattr(directory_module, "os", Stalling())  # noqa: B010 (the module keeps it private)
+    await DirectoryStorage(root).write_bytes(sid, b"never stored")
+
+
+async def flood(root: str, seed: int, count: int, quota: int) -> None:
+    """Try to create *count* new sessions under a quota of *quota*; print what happened."""
+    storage = DirectoryStorage(root, fsync=False, max_sessions=quota)
+    stored = refused = 0
+    ids = iter(range(count))
+
+    async def task() -> None:
+        nonlocal stored, refused
+        for n in ids:
+            try:
+                await storage.write_bytes(f"flood-{seed}-{n}", b"cart=" + b"x" * 150)
+            except StorageError as exc:
+                if "quota reached" not in str(exc):
+                    raise
+                refused += 1
+            else:
+                stored += 1
+
+    async with trio.open_nursery() as nursery:
+        for _ in range(4):
+            nursery.start_soon(task)
+    print(json.dumps({"stored": stored, "refused": refused}), flush=True)
+
+
 def main(argv: list[str]) -> None:
     mode, root, *rest = argv
     if mode == "crash":
@@ -200,6 +316,15 @@ def main(argv: list[str]) -> None:
     elif mode == "rss":
         (mib,) = rest
         trio.run(rss, root, int(mib))
+    elif mode in ("cas", "race", "logout"):
+        seed, count = rest
+        trio.run({"cas": cas, "race": race, "logout": logout}[mode], root, int(seed), int(count))
+    elif mode == "stall":
+        (sid,) = rest
+        trio.run(stall, root, sid)
+    elif mode == "flood":
+        seed, count, quota = rest
+        trio.run(flood, root, int(seed), int(count), int(quota))
     else:
         raise SystemExit(f"unknown mode {mode!r}")
 

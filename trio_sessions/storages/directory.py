@@ -193,9 +193,8 @@ def _open_dir(name: str, dir_fd: int | None, path: str, create: bool, durable: b
 
     With *create*, a missing folder is made (mode 0700) first.
     """
-    try:
-        fd = os.open(name, _DIRECTORY, dir_fd=dir_fd)
-    except FileNotFoundError:
+    fd = _open_folder(name, dir_fd, path)
+    if fd is None:
         if not create:
             return None
         if dir_fd is None:
@@ -207,19 +206,28 @@ def _open_dir(name: str, dir_fd: int | None, path: str, create: bool, durable: b
         else:
             if durable:
                 _sync_parent(dir_fd, name)
-        return _open_dir(name, dir_fd, path, False, durable)
-    except OSError as exc:
-        if exc.errno in (errno.ELOOP, errno.ENOTDIR, errno.EMLINK):
-            refusal = _not_a_directory(name, dir_fd, path)
-            if refusal is not None:
-                raise refusal from exc
-        raise
+        fd = _open_folder(name, dir_fd, path)
+        if fd is None:  # a purge removed it at once: the caller tries again
+            raise FileNotFoundError(errno.ENOENT, os.strerror(errno.ENOENT), path)
     try:
         _check_dir(fd, path)
     except BaseException:
         os.close(fd)
         raise
     return fd
+
+
+def _open_folder(name: str, dir_fd: int | None, path: str) -> int | None:
+    try:
+        return os.open(name, _DIRECTORY, dir_fd=dir_fd)
+    except FileNotFoundError:
+        return None
+    except OSError as exc:
+        if exc.errno in (errno.ELOOP, errno.ENOTDIR, errno.EMLINK):
+            refusal = _not_a_directory(name, dir_fd, path)
+            if refusal is not None:
+                raise refusal from exc
+        raise
 
 
 def _sync_parent(dir_fd: int | None, name: str) -> None:
@@ -684,6 +692,7 @@ class DirectoryStorage(ConditionalBase):
             counts = _read_counts(fd)
             if counts is None:  # new, or damaged: count what is there
                 counts = self._tally(root_fd)
+                os.pwrite(fd, _QUOTA.pack(_QUOTA_MAGIC, *counts), 0)
             if self._quota and enforce:
                 error = self._quota_error(*counts, *delta)
                 if error is not None:
