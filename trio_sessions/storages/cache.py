@@ -25,7 +25,14 @@ once and a callback's exception passes through as itself. How it stays correct:
   deletes always go to the delegate, which alone decides them.
 * **Expiry.** A value written through the cache with a ttl leaves the cache when the ttl
   ends. A value loaded from the delegate has an unknown ttl: it is served for at most
-  ``idle_timeout`` seconds after it was loaded, then read again.
+  ``idle_timeout`` seconds after it was loaded, and never past the expiry of a value
+  written through the cache that the delegate may still hold. For that, when an entry
+  leaves the cache, or a write's outcome is unknown (it was cancelled, or the delegate
+  failed), the cache remembers when the values the delegate may hold expire (their
+  *doubts*: earliest and latest expiry), for at most ``max_entries`` ids.
+* **Failed writes.** A write whose provider raised stored nothing (the contract): the
+  cache keeps its entry. Any other failure may or may not have stored: the cache drops
+  the entry and keeps its doubts.
 * **Memory.** Entries unused for ``idle_timeout`` seconds are evicted by `CacheStorage.run`;
   beyond ``max_entries`` or ``max_bytes`` the least recently used go first. Values above
   64 KiB are not cached: they stream between the caller and the delegate.
