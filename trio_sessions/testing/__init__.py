@@ -35,8 +35,8 @@ from typing import Any, ClassVar
 
 import trio
 
-from .._abc import SessionStorage
-from .._base import StorageBase
+from .._abc import SessionStorage as _SessionStorage
+from .._base import StorageBase as _StorageBase
 from ._checks import CHECKS, ManualClock, StorageFactory
 from ._checks import Context as _Context
 from ._checks import NotApplicable as _NotApplicable
@@ -191,13 +191,13 @@ def _run_check(name: str, ctx: _Context) -> CheckResult:
 
 #: The name of the result that stands for every check when the factory cannot make a
 #: working storage (`check_storage` then runs no check).
-FACTORY_CHECK = "factory"
+_FACTORY_CHECK = "factory"
 _FACTORY_DESCRIPTION = "The factory makes a storage that opens and closes (before any check)."
 
 
 def _not_set_up(storage: object) -> str | None:
     """Why *storage*, a `StorageBase`, is unusable: its ``__init__`` skipped the base's."""
-    if not isinstance(storage, StorageBase) or all(
+    if not isinstance(storage, _StorageBase) or all(
         hasattr(storage, attribute) for attribute in ("_max_size", "_closed")
     ):
         return None
@@ -218,7 +218,7 @@ async def _open_once(factory: StorageFactory) -> CheckResult | None:
 
     def failed(summary: str, error: str | None = None) -> CheckResult:
         summary += "\nNo check ran."
-        return CheckResult(FACTORY_CHECK, _FACTORY_DESCRIPTION, False, error, summary=summary)
+        return CheckResult(_FACTORY_CHECK, _FACTORY_DESCRIPTION, False, error, summary=summary)
 
     await trio.lowlevel.checkpoint()
     problem = None
@@ -235,7 +235,7 @@ async def _open_once(factory: StorageFactory) -> CheckResult | None:
             if problem is None:
                 async with made as storage:
                     problem = _not_set_up(storage)
-                    if problem is None and not isinstance(storage, SessionStorage):
+                    if problem is None and not isinstance(storage, _SessionStorage):
                         problem = (
                             "the factory's context manager yielded "
                             f"{type(storage).__qualname__}, not a SessionStorage"
