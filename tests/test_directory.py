@@ -7,9 +7,12 @@ import logging
 import math
 import os
 import stat
+import struct
 import threading
 import time
+import zlib
 from collections.abc import Awaitable, Callable
+from contextlib import suppress
 from pathlib import Path
 from typing import Any
 
@@ -23,6 +26,8 @@ from trio_sessions import (
     DirectoryStorageStatistics,
     SessionNotFound,
     StorageError,
+    Versioned,
+    WriteConflict,
 )
 from trio_sessions.storages import directory as directory_module
 from trio_sessions.testing import ManualClock
@@ -160,6 +165,71 @@ async def test_expiry_survives_a_restart_and_purge_removes_it(
         assert tree(tmp_path).keys() == {f"{top}", f"{top}/{sub}", f"{top}/{sub}/{name}"}
 
 
+async def test_a_file_holds_its_version_in_a_format_2_header(
+    storage: DirectoryStorage, clock: ManualClock
+) -> None:
+    with trio.fail_after(10):
+        version = await storage.write_bytes_if("versioned", SMALL, version=None, ttl=60)
+        raw = session_file(Path(storage.root)).read_bytes()
+        magic, fmt, expires_at, stored, length, crc = struct.unpack(">4sB3xdQQI", raw[:36])
+        assert (magic, fmt, stored, length, raw[36:]) == (b"TSsn", 2, version, len(SMALL), SMALL)
+        assert crc == zlib.crc32(SMALL)
+        assert expires_at == clock() + 60
+        assert 1 <= version < 2**63
+        assert (await storage.read_versioned("versioned")).version == version
+
+
+def format_1_file(data: bytes, expires_at: float = math.inf) -> bytes:
+    """A session file as the first release wrote it (no version in the header)."""
+    return struct.pack(">4sB3xdQI", b"TSsn", 1, expires_at, len(data), zlib.crc32(data)) + data
+
+
+@pytest.mark.parametrize("value", [SMALL, LARGE], ids=["small", "large"])
+async def test_files_of_the_first_format_stay_readable_and_writable(
+    tmp_path: Path, clock: ManualClock, value: bytes
+) -> None:
+    with trio.fail_after(10):
+        storage = DirectoryStorage(tmp_path, clock=clock)
+        await storage.write_bytes("old-session", b"placeholder")
+        path = session_file(tmp_path)
+        path.write_bytes(format_1_file(value))
+        assert await storage.read_bytes("old-session") == value
+        assert await storage.read("old-session", read_all) == value
+        # Every process derives the same version from the file, and keeps it.
+        first = await storage.read_versioned("old-session")
+        second = await DirectoryStorage(tmp_path).read_versioned("old-session")
+        assert first == second
+        assert first.data == value
+        assert await storage.purge() == DirectoryPurgeResult(0, 0, 0)
+        assert (await storage.read_versioned("old-session")).version == first.version
+        # A compare-and-set with it works, and writes the current format.
+        with pytest.raises(WriteConflict):
+            await storage.write_bytes_if("old-session", b"x", version=None)
+        new = await storage.write_bytes_if("old-session", b"new", version=first.version)
+        assert path.read_bytes()[4] == 2
+        assert (await storage.read_versioned("old-session")).version == new
+        # Expiry in an old file still counts.
+        path.write_bytes(format_1_file(b"short", clock() + 10))
+        clock.advance(11)
+        with pytest.raises(SessionNotFound):
+            await storage.read_versioned("old-session")
+        assert (await storage.purge()).expired == 1
+
+
+async def test_a_damaged_file_can_be_replaced_by_a_creating_write(
+    storage: DirectoryStorage,
+) -> None:
+    with trio.fail_after(10):
+        await storage.write_bytes("damaged", LARGE)
+        path = session_file(Path(storage.root))
+        path.write_bytes(_flip_last_byte(path.read_bytes()))
+        with pytest.raises(SessionNotFound):
+            await storage.read_versioned("damaged")
+        # Read as absent, so a write expecting no session must succeed.
+        version = await storage.write_bytes_if("damaged", b"fresh", version=None)
+        assert await storage.read_versioned("damaged") == Versioned(b"fresh", version)
+
+
 def _truncate_payload(data: bytes) -> bytes:
     return data[:-1]
 
@@ -291,11 +361,16 @@ async def test_one_thread_hop_per_small_operation(
         lambda: storage.write("hops", provider_of(SMALL * 100, piece=7)),
         lambda: storage.read("hops", read_all),
         lambda: storage.invalidate("hops"),
+        lambda: storage.write_bytes_if("hops", SMALL, version=None),
+        lambda: storage.read_versioned("hops"),
+        lambda: storage.write_bytes_if("hops", SMALL, version=1),  # a conflict
+        lambda: storage.invalidate_if("hops", version=1),  # a conflict
     ]
     with trio.fail_after(10):
         for operation in operations:
             thread_hops.clear()
-            await operation()
+            with suppress(WriteConflict):
+                await operation()
             assert len(thread_hops) == 1, thread_hops
 
 
