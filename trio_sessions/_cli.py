@@ -54,6 +54,16 @@ def _positive_int(text: str) -> int:
     return value
 
 
+def _port(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a port number, got {text!r}") from None
+    if not 0 <= value <= 65535:
+        raise argparse.ArgumentTypeError(f"must be from 0 to 65535, got {value}")
+    return value
+
+
 def _seconds(text: str) -> float:
     try:
         value = float(text)
@@ -125,6 +135,8 @@ def _check(args: argparse.Namespace) -> int:
 def _bench(args: argparse.Namespace) -> int:
     from ._bench import SECTIONS, run
 
+    if args.tmp is not None and not os.path.isdir(args.tmp):
+        raise UsageError(f"--tmp {args.tmp!r} is not a directory")
     mode = "quick" if args.quick else "full" if args.full else "smoke" if args.smoke else "default"
     command = ["trio-sessions", "bench"] + ([f"--{mode}"] if mode != "default" else [])
     for flag in ("only", "output", "tmp", "no_redis", "no_postgres", "no_charts"):
@@ -216,7 +228,9 @@ def _purge(args: argparse.Namespace) -> int:
 
     try:
         deleted = trio.run(purge)
-    except (StorageError, ValueError) as exc:
+    except ValueError as exc:  # a bad --table or DSN
+        raise UsageError(str(exc)) from None
+    except StorageError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
     print(f"purged {deleted} expired sessions from {args.table}")
@@ -290,14 +304,21 @@ def _parser() -> argparse.ArgumentParser:
         "demo",
         help="serve the demo web app (Quart-Trio) with sessions in a directory",
         description=(
-            "Serve a small Quart-Trio app with a visit counter, login (id rotation), "
-            "logout and a view of what the server stores. Sessions are kept in a "
-            "DirectoryStorage under ROOT and survive restarts. Needs the 'quart' extra."
+            "Serve a small Quart-Trio app, a login/logout flow that is safe to copy: no "
+            'session until login, CSRF tokens on both forms, id rotation, "remember me", '
+            "logout on the server. Sessions are kept in a DirectoryStorage in "
+            "ROOT/sessions and survive restarts. Needs the 'demo' extra."
         ),
     )
     demo.add_argument("--host", default="127.0.0.1", help="address to listen on")
-    demo.add_argument("--port", type=int, default=8000, help="0 picks a free port")
-    demo.add_argument("--root", default=".trio-sessions", help="where sessions are stored")
+    demo.add_argument(
+        "--port", type=_port, default=8000, help="0 picks a free port (default: %(default)s)"
+    )
+    demo.add_argument(
+        "--root",
+        default=".trio-sessions",
+        help="where the sessions and their signing key are kept (default: %(default)s)",
+    )
     demo.set_defaults(run=_demo, parser=demo)
     purge = commands.add_parser(
         "purge",
