@@ -378,7 +378,7 @@ def one_line_error(result: subprocess.CompletedProcess[str]) -> str:
     assert result.stdout == ""
     lines = result.stderr.splitlines()
     assert len(lines) == 1, result.stderr
-    assert lines[0].startswith("error: ")
+    assert lines[0].startswith("trio-sessions demo: error: ")
     assert "Traceback" not in result.stderr
     return lines[0]
 
@@ -394,9 +394,28 @@ def test_a_taken_port_is_one_line_naming_it(tmp_path: Path) -> None:
     assert "--port" in line
 
 
-def test_a_port_out_of_range_is_one_line(tmp_path: Path) -> None:
-    line = one_line_error(run_demo("--port", "70000", "--root", str(tmp_path)))
-    assert "--port must be between 0 and 65535" in line
+def test_a_missing_extra_says_what_to_install(tmp_path: Path) -> None:
+    hide_quart = "import sys; sys.modules['quart_trio'] = None; "
+    run = "from trio_sessions._cli import main; sys.exit(main(sys.argv[1:]))"
+    result = subprocess.run(
+        [sys.executable, "-c", hide_quart + run, "demo", "--root", str(tmp_path)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    line = one_line_error(result)
+    assert line.endswith(': pip install "trio-sessions[demo]"')
+    assert "needs the 'demo' extra (import of quart_trio halted" in line
+
+
+def test_a_port_out_of_range_is_a_usage_error(tmp_path: Path) -> None:
+    result = run_demo("--port", "70000", "--root", str(tmp_path))
+    assert result.returncode == 2
+    assert result.stderr.splitlines() == [
+        "usage: trio-sessions demo [-h] [--host HOST] [--port PORT] [--root ROOT]",
+        "trio-sessions demo: error: argument --port: must be from 0 to 65535, got 70000",
+    ]
+    assert not (tmp_path / "sessions").exists()
 
 
 @contextmanager
@@ -432,8 +451,8 @@ def test_an_unwritable_root_is_one_line_naming_it(capsys: pytest.CaptureFixture[
     captured = capsys.readouterr()
     line = one_line_error(subprocess.CompletedProcess([], status, captured.out, captured.err))
     assert line == (
-        f"error: cannot keep the demo's sessions in {root}: Permission denied; choose a "
-        "directory you can write to with --root DIR"
+        f"trio-sessions demo: error: cannot keep the demo's sessions in {root}: "
+        "Permission denied; choose a directory you can write to with --root DIR"
     )
 
 

@@ -169,18 +169,16 @@ def main(host: str, port: int, root: str) -> int:
     """Run the demo until SIGINT or SIGTERM; return the exit status."""
 
     def fail(message: str) -> int:
-        print(f"error: {message}", file=sys.stderr)
+        print(f"trio-sessions demo: error: {message}", file=sys.stderr)
         return 2
 
     try:
         from ._demo_app import create_app
     except ImportError as exc:
-        return fail(
-            f"the demo needs Quart-Trio and Hypercorn ({exc}); install the 'demo' extra, "
-            "from a clone of trio-sessions: python3 -m pip install -e '.[demo]'"
-        )
+        install = 'pip install "trio-sessions[demo]"'
+        return fail(f"the demo needs the 'demo' extra ({exc}): {install}")
     if not 0 <= port <= 65535:
-        return fail(f"--port must be between 0 and 65535 (got {port}); 0 picks a free port")
+        return fail(f"argument --port: must be from 0 to 65535, got {port}")
     root = os.path.abspath(root)
     try:
         key = prepare_root(root)
