@@ -218,6 +218,15 @@ USAGE_ERRORS = [
         "trio-sessions bench: error: argument --only: invalid choice: 'nope' (choose from "
         "'pairs', 'sessions', 'payload', 'concurrency', 'footprint', 'lateness')",
     ),
+    (
+        ["bench", "--tmp", "no-such-directory"],
+        "trio-sessions bench: error: --tmp 'no-such-directory' is not a directory",
+    ),
+    (
+        ["purge", "--postgres", "postgresql://127.0.0.1:1/x", "--table", "bad name"],
+        "trio-sessions purge: error: table must be a plain or schema-qualified SQL name "
+        "(letters, digits, _), not 'bad name'",
+    ),
     ([], "trio-sessions: error: the following arguments are required: COMMAND"),
     (["nope"], "trio-sessions: error: argument COMMAND: invalid choice: 'nope'"),
 ]
