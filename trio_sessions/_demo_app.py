@@ -44,8 +44,11 @@ __all__ = [
     "LOGIN_CSRF_COOKIE",
     "REMEMBER_ME_SECONDS",
     "create_app",
+    "login_page",
     "login_token_valid",
     "new_login_token",
+    "same_token",
+    "signed_login_token",
 ]
 
 DEMO_COOKIE = CookieOptions(name="__Host-session")
@@ -75,18 +78,22 @@ def create_app(
     """
     app = QuartTrio("trio_sessions.demo")
     app.secret_key = secret_key
-    app.config["DEMO_CLOCK"] = clock
+    app.config["DEMO_CLOCK"] = clock  # (the account page shows times)
     options.setdefault("idle_timeout", DEMO_IDLE_TIMEOUT)
     options.setdefault("absolute_timeout", DEMO_ABSOLUTE_TIMEOUT)
     options.setdefault("max_lifetime", REMEMBER_ME_SECONDS)
     options.setdefault("cookie", DEMO_COOKIE)
     interface = init_app(app, storage, secret_key=secret_key, clock=clock, **options)
-    app.extensions["trio_sessions_manager"] = interface.manager
+    app.extensions["trio_sessions_manager"] = interface.manager  # (and the timeouts)
     app.register_blueprint(demo)
     return app
 
 
-# ------------------------------------------------ CSRF: the login form (no session yet)
+# --------------------------------------------------------------------------- CSRF
+# The login form has no session to keep a token in: it uses a signed double-submit
+# cookie. The page puts one token in a hidden field and in a cookie; a login POST must
+# carry both, equal, and signed with the app's key. The logout form uses a synchronizer
+# token kept in the session (see `login` and `logout`).
 
 
 def _login_key() -> bytes:
@@ -109,26 +116,40 @@ def new_login_token() -> str:
     return f"{nonce}.{_mac(nonce)}"
 
 
-def _signed(token: str | None) -> bool:
-    if not token or not token.isascii():  # (compare_digest takes ASCII strings only)
-        return False
+def same_token(expected: str, given: str) -> bool:
+    """Whether *given* is the token *expected* (never an empty one), in constant time."""
+    if not expected or not expected.isascii() or not given.isascii():
+        return False  # (compare_digest takes ASCII strings only)
+    return hmac.compare_digest(expected, given)
+
+
+def signed_login_token(token: str) -> bool:
+    """Whether *token* is a login token this server issued: its HMAC checks out."""
     nonce, _, mac = token.partition(".")
-    return hmac.compare_digest(mac, _mac(nonce))
+    return bool(nonce) and same_token(_mac(nonce), mac)
 
 
-def login_token_valid(cookie: str | None, field: str | None) -> bool:
+def login_token_valid(cookie: str, field: str) -> bool:
     """Whether a login POST carries the same signed token in its cookie and its form.
 
-    Another site can make a browser POST the login form (with its cookies), but it can
+    Another site can make a browser POST the login form, cookies included, but it can
     neither read this site's cookie nor set one for it (``__Host-``, ``HttpOnly``), so it
     cannot put the matching value in the form. The HMAC makes a token that this server
-    did not issue worthless even where a cookie can be planted. Both comparisons run in
-    constant time.
+    did not issue worthless, should a cookie be planted anyway.
     """
-    if not cookie or not field or not cookie.isascii() or not field.isascii():
-        return False
-    same = hmac.compare_digest(cookie, field)
-    return _signed(cookie) and same
+    return signed_login_token(cookie) and same_token(cookie, field)
+
+
+def login_page(error: str = "", status: int = 200) -> Response:
+    """The login form, with its token in a hidden field and in a cookie."""
+    token = request.cookies.get(LOGIN_CSRF_COOKIE, "")
+    if not signed_login_token(token):
+        token = new_login_token()  # (a browser keeps its token: several tabs work)
+    response = _html(_login_form(token, error), status)
+    response.set_cookie(
+        LOGIN_CSRF_COOKIE, token, secure=True, httponly=True, samesite="Strict", path="/"
+    )
+    return response
 
 
 # ------------------------------------------------------------------ the views
@@ -140,7 +161,7 @@ async def index() -> ResponseReturnValue:
     session = current_session()
     await session.load()
     if "user" not in session:
-        return _login_page()  # only read the session: nothing is stored for visitors
+        return login_page()  # the session was only read: nothing is stored for visitors
     session["visits"] = session.get("visits", 0) + 1
     return _account_page(session)
 
@@ -149,11 +170,11 @@ async def index() -> ResponseReturnValue:
 async def login() -> ResponseReturnValue:
     """Log in: check the CSRF token, then a new id and, if asked, "remember me"."""
     form = await request.form
-    if not login_token_valid(request.cookies.get(LOGIN_CSRF_COOKIE), form.get("csrf")):
+    if not login_token_valid(request.cookies.get(LOGIN_CSRF_COOKIE, ""), form.get("csrf", "")):
         return _forbidden()
     name = form.get("username", "").strip()
     if not 0 < len(name) <= 40:
-        return _login_page("Enter a name of 1 to 40 characters.", status=400)
+        return login_page("Enter a name of 1 to 40 characters.", status=400)
     # Check the user's password here; this demo lets any name in.
     session = current_session()
     await session.load()
@@ -176,11 +197,7 @@ async def logout() -> ResponseReturnValue:
     if "user" not in session:
         return redirect("/", 303)  # expired, or logged out in another tab: nothing to end
     form = await request.form
-    expected = session.get("csrf")
-    given = form.get("csrf", "")
-    if not isinstance(expected, str) or not given.isascii():
-        return _forbidden()
-    if not hmac.compare_digest(expected, given):
+    if not same_token(session.get("csrf", ""), form.get("csrf", "")):
         return _forbidden()
     session.invalidate()
     return redirect("/", 303)
@@ -248,15 +265,10 @@ def _forbidden() -> Response:
     )
 
 
-def _login_page(error: str = "", status: int = 200) -> Response:
-    token = request.cookies.get(LOGIN_CSRF_COOKIE)
-    if not _signed(token):
-        token = new_login_token()
-    assert token is not None
+def _login_form(token: str, error: str) -> str:
     days = REMEMBER_ME_SECONDS // 86400
     message = f"<p class='error' id='error'>{html.escape(error)}</p>" if error else ""
-    response = _html(
-        f"""<p id="user">Not logged in.</p>
+    return f"""<p id="user">Not logged in.</p>
 <p>Nothing is stored on the server for you: a session begins when you log in.</p>
 {message}
 <form method="post" action="/login">
@@ -268,13 +280,7 @@ def _login_page(error: str = "", status: int = 200) -> Response:
 </form>
 <p class="note">Any name logs in: this demo has no passwords. The form carries a token
 that must match the <code>{LOGIN_CSRF_COOKIE}</code> cookie this page sets, so another
-site cannot log you in to an account of its choosing.</p>""",
-        status,
-    )
-    response.set_cookie(
-        LOGIN_CSRF_COOKIE, token, secure=True, httponly=True, samesite="Strict", path="/"
-    )
-    return response
+site cannot log you in to an account of its choosing.</p>"""
 
 
 def _stamp(moment: float) -> str:
