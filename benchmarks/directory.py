@@ -15,20 +15,44 @@ and reads; its lateness p50/p99/max in ms (goal for DirectoryStorage: p50 <= 1 m
 p99 <= max(2 ms, 1.5x the raw one-hop sequence's p99)), next to the peers called
 directly on the loop, which block it.
 
-Run: ``python benchmarks/directory.py [--ops N] [--repeats R] [--seconds S] [--payload B]``
-(needs the ``bench`` extra for cachelib and diskcache).
+Part 3, locking across processes: throughput (operations per second, summed over 1 or 8
+processes) of plain writes and compare-and-sets of 16 shared ids, fsync off, for ways to
+make a compare-and-set atomic against every other write of the id:
+
+* ``no lock``: the plain write sequence (the baseline; a compare-and-set without a lock
+  is not atomic, so it has no row);
+* ``folder flock``: what DirectoryStorage does: the temporary file is written and flushed
+  first, then ``flock`` of the fan-out folder is held for the version check and the rename;
+* ``folder flock, whole write``: the same lock held from before the temporary file is
+  made until after the rename (longer hold: the write and its fsync inside);
+* ``lock file``: ``flock`` of a per-session lock file (``NAME.lock``, one more file per
+  session, never removed) around the check and the rename;
+* ``DirectoryStorage``: ``write_bytes`` and ``write_bytes_if`` through trio (one task
+  per process, so a thread hop each).
+
+A compare-and-set reads the stored version first, then writes if it is unchanged: a
+conflict counts as an operation too. ``--lock-seconds`` sets the time per cell, and
+``--lock-repeats`` how many times each runs (interleaved; the median is shown).
+
+Run: ``python benchmarks/directory.py [--ops N] [--repeats R] [--seconds S] [--payload B]
+[--lock-seconds S] [--lock-repeats N] [--only-locks]`` (needs the ``bench`` extra for
+cachelib and diskcache).
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
+import fcntl
 import hashlib
 import importlib
+import multiprocessing
 import os
 import random
 import secrets
 import shutil
 import statistics
+import struct
 import tempfile
 import time
 from collections.abc import Awaitable, Callable
@@ -219,6 +243,163 @@ def lateness(candidate: Candidate | None, seconds: float) -> list[float]:
     return late
 
 
+# ------------------------------------------------------- locking across processes
+
+LOCK_IDS = [f"locked-session-{n:02d}" for n in range(16)]
+VERSION = struct.Struct(">Q")  # at offset 16 of the header, as DirectoryStorage writes it
+LOCK_VARIANTS = ["no lock", "folder flock", "folder flock, whole write", "lock file"]
+
+
+def stored_version(directory: str, name: str) -> int | None:
+    try:
+        fd = os.open(os.path.join(directory, name), os.O_RDONLY | os.O_CLOEXEC)
+    except FileNotFoundError:
+        return None
+    try:
+        return int(VERSION.unpack_from(os.read(fd, 36), 16)[0])
+    finally:
+        os.close(fd)
+
+
+@contextlib.contextmanager
+def flocked(path: str, flags: int) -> Any:
+    fd = os.open(path, flags, 0o600)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield fd
+    finally:
+        os.close(fd)
+
+
+FOLDER = os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC
+LOCK_FILE = os.O_RDWR | os.O_CREAT | os.O_CLOEXEC
+
+
+def locked_write(variant: str, root: str, sid: str, data: bytes, cas: bool) -> None:
+    """One plain write or compare-and-set of *sid* with the raw calls, locked per *variant*."""
+    directory, path = raw_path(root, sid)
+    name = os.path.basename(path)
+    expected = stored_version(directory, name) if cas else None
+    header = bytes(16) + VERSION.pack(random.getrandbits(63)) + bytes(12)
+    whole = variant == "folder flock, whole write"
+    with flocked(directory, FOLDER) if whole else contextlib.nullcontext():
+        temp = os.path.join(directory, f".{secrets.token_hex(8)}.tmp")
+        fd = os.open(temp, FLAGS, 0o600)
+        try:
+            os.write(fd, header + data)
+        finally:
+            os.close(fd)
+        if variant == "folder flock":
+            lock: Any = flocked(directory, FOLDER)
+        elif variant == "lock file":
+            lock = flocked(path + ".lock", LOCK_FILE)
+        else:
+            lock = contextlib.nullcontext()
+        with lock:
+            if cas and stored_version(directory, name) != expected:
+                os.unlink(temp)
+                return
+            os.replace(temp, path)
+
+
+def lock_worker(
+    case: tuple[str, bool], root: str, seconds: float, barrier: Any, results: Any
+) -> None:
+    """Run *case* for *seconds* once every process is ready; put its operation count."""
+    variant, cas = case
+    rng = random.Random(os.getpid())
+    payload = b"p" * 1024
+    barrier.wait()
+    if variant == "DirectoryStorage":
+        results.put(trio.run(storage_worker, root, cas, seconds, rng, payload))
+        return
+    ops, deadline = 0, time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        locked_write(variant, root, rng.choice(LOCK_IDS), payload, cas)
+        ops += 1
+    results.put(ops)
+
+
+async def storage_worker(
+    root: str, cas: bool, seconds: float, rng: random.Random, payload: bytes
+) -> int:
+    from trio_sessions import SessionNotFound, WriteConflict
+
+    storage = DirectoryStorage(root, fsync=False)
+    ops, deadline = 0, time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        sid = rng.choice(LOCK_IDS)
+        if cas:
+            try:
+                version: int | None = (await storage.read_versioned(sid)).version
+            except SessionNotFound:
+                version = None
+            with contextlib.suppress(WriteConflict):
+                await storage.write_bytes_if(sid, payload, version=version)
+        else:
+            await storage.write_bytes(sid, payload)
+        ops += 1
+    return ops
+
+
+def lock_throughput(case: tuple[str, bool], processes: int, seconds: float) -> float:
+    """Operations per second of *case*, summed over *processes*, on a fresh root."""
+    root = tempfile.mkdtemp(prefix="bench-directory-locks-")
+    context = multiprocessing.get_context("spawn")
+    barrier, results = context.Barrier(processes), context.Queue()
+    workers = [
+        context.Process(target=lock_worker, args=(case, root, seconds, barrier, results))
+        for _ in range(processes)
+    ]
+    try:
+        for sid in LOCK_IDS:  # the folders exist, the ids hold a value of the same format
+            _seed(root, sid)
+        for worker in workers:
+            worker.start()
+        total: int = sum(results.get(timeout=120 + seconds) for _ in workers)
+        return total / seconds
+    finally:
+        for worker in workers:
+            worker.join(timeout=30)
+            if worker.is_alive():
+                worker.kill()
+                worker.join()
+        shutil.rmtree(root, ignore_errors=True)
+
+
+def _seed(root: str, sid: str) -> None:
+    async def write() -> None:
+        await DirectoryStorage(root, fsync=False).write_bytes(sid, b"p")
+
+    trio.run(write)
+
+
+def locking(seconds: float, repeats: int) -> None:
+    variants = [*LOCK_VARIANTS, "DirectoryStorage"]
+    cases = [(variant, cas) for variant in variants for cas in (False, True)]
+    cases.remove(("no lock", True))  # not atomic: nothing to measure
+    figures: dict[tuple[tuple[str, bool], int], list[float]] = {}
+    for _ in range(repeats):  # interleaved, so that a busy moment hits every case alike
+        for case in cases:
+            for processes in (1, 8):
+                figures.setdefault((case, processes), []).append(
+                    lock_throughput(case, processes, seconds)
+                )
+    med = {key: statistics.median(values) for key, values in figures.items()}
+    print(
+        f"locking across processes: {len(LOCK_IDS)} shared ids, 1 KiB, fsync off, ops/s "
+        f"(median of {repeats} x {seconds:g} s)"
+    )
+    print(f"{'case':<44}{'1 process':>11}{'8 processes':>13}{'ratio to no-lock write':>26}")
+    for case in cases:
+        label = f"{case[0]}: {'compare-and-set' if case[1] else 'write'}"
+        one, eight = med[case, 1], med[case, 8]
+        ratios = (
+            f"{one / med[('no lock', False), 1]:.2f}x / {eight / med[('no lock', False), 8]:.2f}x"
+        )
+        print(f"{label:<44}{one:>11.0f}{eight:>13.0f}{ratios:>26}")
+
+
 def percentile(values: list[float], p: float) -> float:
     ordered = sorted(values)
     return ordered[min(len(ordered) - 1, int(p / 100 * len(ordered)))]
@@ -232,7 +413,13 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--seconds", type=float, default=3.0, help="per lateness run")
     parser.add_argument("--payload", type=int, default=4096, help="bytes")
+    parser.add_argument("--lock-seconds", type=float, default=2.0, help="per locking cell")
+    parser.add_argument("--lock-repeats", type=int, default=3)
+    parser.add_argument("--only-locks", action="store_true", help="part 3 only")
     args = parser.parse_args()
+    if args.only_locks:
+        locking(args.lock_seconds, args.lock_repeats)
+        return
     payload = bytes(range(256)) * (args.payload // 256) + b"p" * (args.payload % 256)
     cases = {
         "directory fsync=on": directory(True),
@@ -288,6 +475,8 @@ def main() -> None:
             f"directory fsync={setting:<3}: p50 {percentile(mine, 50):.3f} ms (goal <= 1), "
             f"p99 {percentile(mine, 99):.3f} ms (goal <= {goal:.3f})"
         )
+    print()
+    locking(args.lock_seconds, args.lock_repeats)
 
 
 if __name__ == "__main__":
