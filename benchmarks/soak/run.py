@@ -679,7 +679,9 @@ async def run(
                 begun = time.monotonic()
                 try:
                     result = await run_scenario(env, plan, backend, scenario, seed)
-                except (OSError, RuntimeError, subprocess.SubprocessError, trio.TooSlowError) as e:
+                except Exception as e:  # one broken scenario must not lose the others
+                    if isinstance(e, SetupError):
+                        raise
                     result = {
                         "backend": backend,
                         "scenario": scenario,

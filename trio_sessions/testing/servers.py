@@ -253,9 +253,12 @@ class RedisServer:
         return f"{name} {info.get(f'{name}_version', info.get('redis_version', '?'))}"
 
     def start(self) -> None:
-        """Start the server and wait until it answers PING (not LOADING)."""
+        """Start the server (again, if it exited) and wait until it answers PING (not
+        LOADING)."""
         if self.process is not None:
-            raise RuntimeError("the server is already running")
+            if self.process.poll() is None:
+                raise RuntimeError("the server is already running")
+            self.process = None  # it exited by itself (and is reaped now)
         argv = [self.binary]
         for key, value in self.config.items():
             argv += [f"--{key}", value]
