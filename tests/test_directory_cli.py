@@ -81,3 +81,47 @@ def test_check_runs_the_directory_storage(capsys: pytest.CaptureFixture[str]) ->
     out = capsys.readouterr().out
     assert "== DirectoryStorage" in out
     assert "FAIL" not in out
+
+
+@pytest.mark.parametrize("command", ["purge", "stats"])
+def test_a_directory_that_is_not_a_storage_root_is_refused(
+    tmp_path: Path, command: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # A mistyped path, such as /etc: purged, it would lose whatever looks like a session.
+    (tmp_path / "passwd").write_text("root:x:0:0\n")
+    (tmp_path / "ab").mkdir()
+    with pytest.raises(SystemExit) as caught:
+        main([command, str(tmp_path)])
+    assert caught.value.code == (
+        f"error: {tmp_path} is not a DirectoryStorage root: it holds 'passwd', and a root "
+        "holds only two-hex-digit folders"
+    )
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["ab", "passwd"]
+
+
+@pytest.mark.parametrize("command", ["purge", "stats"])
+def test_an_unsafe_root_is_refused(tmp_path: Path, command: str) -> None:
+    populate(tmp_path / "root")
+    os.chmod(tmp_path / "root", 0o777)
+    with pytest.raises(SystemExit, match=r"other users may write to it .*chmod 700"):
+        main([command, str(tmp_path / "root")])
+    os.chmod(tmp_path / "root", 0o700)
+    (tmp_path / "link").symlink_to(tmp_path / "root")
+    with pytest.raises(SystemExit, match="is a symbolic link"):
+        main([command, str(tmp_path / "link")])
+
+
+def test_a_root_with_a_quota_keeps_its_count_through_purge(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    async def fill() -> None:
+        past = DirectoryStorage(tmp_path, clock=lambda: time.time() - 1000, max_sessions=10)
+        await past.write_bytes("expired", b"gone", ttl=10)
+        await DirectoryStorage(tmp_path, max_sessions=10).write_bytes("live", b"kept")
+
+    trio.run(fill)
+    assert main(["purge", str(tmp_path)]) == 0
+    raw = (tmp_path / ".quota").read_bytes()
+    assert (int.from_bytes(raw[4:12]), int.from_bytes(raw[12:20])) == (1, 4)
+    assert main(["stats", str(tmp_path)]) == 0
+    assert capsys.readouterr().out.endswith("sessions: 1\nbytes: 4\ntemporary files: 0\n")

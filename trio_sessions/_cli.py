@@ -173,11 +173,18 @@ def _demo(args: argparse.Namespace) -> int:
 
 
 def _directory_storage(directory: str) -> Any:
-    from .storages.directory import DirectoryStorage
+    from ._errors import StorageError
+    from .storages.directory import DirectoryStorage, root_problem
 
     if not os.path.isdir(directory):
         raise UsageError(f"{directory!r} is not a directory")
-    return DirectoryStorage(directory)
+    problem = root_problem(directory)  # e.g. a mistyped path: never purge /etc
+    if problem is not None:
+        raise SystemExit(f"error: {problem}")
+    try:
+        return DirectoryStorage(directory)
+    except StorageError as exc:
+        raise SystemExit(f"error: {exc}") from None
 
 
 def _purge_directory(args: argparse.Namespace) -> int:
