@@ -111,3 +111,21 @@ def markdown(data: dict[str, Any]) -> str:
                 out.append(f"  - `{example}`\n")
     out.append(f"\n{'PASSED' if data.get('passed') else 'FAILED'}\n")
     return "".join(out)
+
+
+def rst(data: dict[str, Any]) -> str:
+    """The table as a reStructuredText list-table (for the docs' Reliability page)."""
+    start, end = data["machine_at_start"], data.get("machine_at_end", data["machine_at_start"])
+    plan = data["plan"]
+    lines = [
+        f".. list-table:: {data['command']} ({data['started']}); "
+        f"load average {start['load_average'][0]} at the start, {end['load_average'][0]} at "
+        f"the end; {plan['users']} users, {plan['seconds']:g} s per scenario",
+        "   :header-rows: 1",
+        "",
+    ]
+    for cells in [list(COLUMNS), *(row(result) for result in data["results"])]:
+        cells = [r"\-" if cell == "-" else cell for cell in cells]  # not an empty list
+        lines.append(f"   * - {cells[0]}")
+        lines.extend(f"     - {cell}" for cell in cells[1:])
+    return "\n".join(lines) + "\n"

@@ -23,7 +23,7 @@ from trio_sessions.testing import servers
 
 from . import faults
 from .client import Connection, HttpError
-from .report import markdown
+from .report import markdown, rst
 from .users import RACES
 
 BACKENDS = ("directory", "cache", "redis", "postgres")
@@ -709,3 +709,4 @@ async def run(
 def _write(output: Path, data: dict[str, Any]) -> None:
     (output / "results.json").write_text(json.dumps(data, indent=2) + "\n")
     (output / "results.md").write_text(markdown(data))
+    (output / "results.rst").write_text(rst(data))
