@@ -79,6 +79,20 @@ def test_a_durable_redis_server_keeps_acknowledged_writes_across_sigkill() -> No
             ]
 
 
+def test_a_redis_server_that_exited_by_itself_starts_again() -> None:
+    if servers.find_redis_server() is None:
+        missing("no redis-server or valkey-server")
+    with servers.redis_server() as server:
+        with Resp(server.port) as resp, pytest.raises(ConnectionError):
+            resp.command("SHUTDOWN", "NOSAVE")  # as a server that dies of a full disk
+        assert server.process is not None
+        server.process.wait(timeout=30)
+        server.start()
+        assert server.command("PING") == "PONG"
+        with pytest.raises(RuntimeError, match="already running"):
+            server.start()
+
+
 def test_a_durable_postgres_server_keeps_commits_across_an_immediate_stop() -> None:
     if servers.find_postgres_bindir() is None:
         missing("no initdb and pg_ctl")
