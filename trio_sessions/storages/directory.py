@@ -35,7 +35,7 @@ import struct
 import time
 import zlib
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager, suppress
+from contextlib import ExitStack, contextmanager, suppress
 from dataclasses import dataclass
 from typing import Any, NamedTuple, TypeVar, final
 
@@ -373,37 +373,46 @@ def _remove_if_empty(name: str, dir_fd: int) -> int:
     return 1
 
 
-def _count_leaf(leaf_fd: int, prefix: str) -> tuple[int, int, int]:
-    sessions = size = temporary = 0
+def _count_leaf(leaf_fd: int, prefix: str, totals: list[int]) -> bool:
+    """Add a folder's session files, their payload bytes and its temporary files to *totals*."""
     for name in os.listdir(leaf_fd):
         if _is_temp(name):
-            temporary += 1
+            totals[2] += 1
         elif _is_session(name, prefix):
             with suppress(FileNotFoundError):
                 info = os.stat(name, dir_fd=leaf_fd, follow_symlinks=False)
                 if stat.S_ISREG(info.st_mode):
-                    size += _payload_size(info.st_size)
-                    sessions += 1
-    return sessions, size, temporary
+                    totals[0] += 1
+                    totals[1] += _payload_size(info.st_size)
+    return False
 
 
 @final
 class _Place:
-    """The open, checked folders of one session: the root and its fan-out folder."""
+    """The open, checked folders of one session (root first, its fan-out folder last)."""
 
-    __slots__ = ("leaf", "name", "path", "root")
+    def __init__(self, name: str, path: str) -> None:
+        self.name, self.path = name, path  # the file's name, and its folder's path
+        self.root = self.leaf = -1
+        self._fds = ExitStack()
 
-    def __init__(self, root: int, leaf: int, name: str, path: str) -> None:
-        self.root, self.leaf, self.name, self.path = root, leaf, name, path
+    def hold(self, fd: int) -> int:
+        self._fds.callback(os.close, fd)
+        return fd
 
-    def close(self) -> None:
-        fds, self.root, self.leaf = (self.leaf, self.root), -1, -1
+    def close(self, quiet: bool = False) -> None:
+        """Close every descriptor; *quiet*: ignore errors (the operation failed anyway)."""
         try:
-            if fds[0] >= 0:
-                os.close(fds[0])
-        finally:
-            if fds[1] >= 0:
-                os.close(fds[1])
+            self._fds.close()
+        except OSError:
+            if not quiet:
+                raise
+
+    def __enter__(self) -> _Place:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close(quiet=exc_info[0] is not None)
 
 
 @contextmanager
@@ -532,10 +541,6 @@ class DirectoryStorage(ConditionalBase):
         text = _os_text(exc) if isinstance(exc, OSError) else repr(exc)
         return StorageError(f"DirectoryStorage could not {action} in {self._root}: {text}")
 
-    def _expiry(self, ttl: float | None) -> float:
-        # Called on the event loop's thread: the clock may be trio.current_time.
-        return math.inf if ttl is None else self._clock() + ttl
-
     async def _run(self, fn: Callable[..., R], *args: Any) -> R:
         return await trio.to_thread.run_sync(fn, *args, limiter=self._limiter)
 
@@ -550,74 +555,59 @@ class DirectoryStorage(ConditionalBase):
         name = hashlib.blake2b(session_id.encode(), digest_size=32).hexdigest()
         return name, os.path.join(self._root, name[:2], name[2:4])
 
-    def _open_root(self, create: bool) -> int | None:
-        return _open_dir(self._root, None, self._root, create, self._fsync)
+    def _place(self, session_id: str, create: bool, size: int | None = None) -> _Place | None:
+        """Open the root and the session's two fan-out folders, each checked, relative to
+        the one before; ``None`` if one is missing.
 
-    def _open_leaf(self, root_fd: int, name: str, create: bool) -> int | None:
-        top = os.path.join(self._root, name[:2])
-        top_fd = _open_dir(name[:2], root_fd, top, create, self._fsync)
-        if top_fd is None:
-            return None
+        With *create*, missing folders are made; with a *size* too, the quota is checked
+        first, before anything is made.
+        """
+        place = _Place(*self._where(session_id))
+        name, root = place.name, self._root
+        levels = [(root, root), (name[:2], os.path.join(root, name[:2])), (name[2:4], place.path)]
+        fd: int | None = None
         try:
-            leaf_fd = _open_dir(
-                name[2:4], top_fd, os.path.join(top, name[2:4]), create, self._fsync
-            )
+            for folder, path in levels:
+                fd = _open_dir(folder, fd, path, create, self._fsync)
+                if fd is None:
+                    place.close()
+                    return None
+                place.hold(fd)
+                if place.root < 0:
+                    place.root = fd
+                    if size is not None:
+                        self._precheck(fd, name, size)
         except BaseException:
-            os.close(top_fd)
+            place.close(quiet=True)
             raise
-        try:
-            os.close(top_fd)
-        except BaseException:
-            if leaf_fd is not None:
-                os.close(leaf_fd)
-            raise
-        return leaf_fd
-
-    def _place(self, session_id: str) -> _Place | None:
-        """Open the folders of an existing session (``None`` if they are missing)."""
-        name, path = self._where(session_id)
-        root_fd = self._open_root(False)
-        if root_fd is None:
-            return None
-        try:
-            leaf_fd = self._open_leaf(root_fd, name, False)
-        except BaseException:
-            os.close(root_fd)
-            raise
-        if leaf_fd is None:
-            os.close(root_fd)
-            return None
-        return _Place(root_fd, leaf_fd, name, path)
+        assert fd is not None
+        place.leaf = fd
+        return place
 
     def _prepare(self, session_id: str, size: int) -> tuple[_Place, str, int]:
         """Make the session's folders and a temporary file in them: (place, name, fd)."""
-        name, path = self._where(session_id)
-        root_fd = self._open_root(True)
-        assert root_fd is not None
-        try:
-            if self._quota:
-                self._precheck(root_fd, name, size)
-            for attempt in range(_RETRIES):
-                try:
-                    leaf_fd = self._open_leaf(root_fd, name, True)
-                    assert leaf_fd is not None
-                except FileNotFoundError:  # a purge removed a folder on our way down
-                    if attempt == _RETRIES - 1:
-                        raise
-                    continue
-                temp = f".{secrets.token_hex(8)}{_TEMP_SUFFIX}"
-                try:
-                    fd = os.open(temp, _CREATE, 0o600, dir_fd=leaf_fd)
-                except BaseException as exc:
-                    os.close(leaf_fd)
-                    if isinstance(exc, FileNotFoundError) and attempt < _RETRIES - 1:
-                        continue  # the folder was empty, and a purge removed it
+        for attempt in range(_RETRIES):
+            last = attempt == _RETRIES - 1
+            try:
+                place = self._place(session_id, True, size if self._quota else None)
+                assert place is not None
+            except FileNotFoundError:  # a purge removed a folder on our way down
+                if last:
                     raise
-                return _Place(root_fd, leaf_fd, name, path), temp, fd
-            raise AssertionError("unreachable")
-        except BaseException:
-            os.close(root_fd)
-            raise
+                continue
+            temp = f".{secrets.token_hex(8)}{_TEMP_SUFFIX}"
+            try:
+                fd = os.open(temp, _CREATE, 0o600, dir_fd=place.leaf)
+            except FileNotFoundError:
+                place.close(quiet=True)
+                if last:
+                    raise
+                continue  # the folder was empty, and a purge removed it: make it again
+            except BaseException:
+                place.close(quiet=True)
+                raise
+            return place, temp, fd
+        raise AssertionError("unreachable")
 
     # ----------------------------------------------------------------- quota
 
@@ -647,13 +637,15 @@ class DirectoryStorage(ConditionalBase):
             os.close(fd)
         if counts is None or self._quota_error(*counts, 1, size) is None:
             return
-        old = None
-        leaf_fd = self._open_leaf(root_fd, name, False)
-        if leaf_fd is not None:
-            try:
-                old = _file_size(leaf_fd, name)
-            finally:
-                os.close(leaf_fd)
+        old = None  # near the quota: does the write replace a session?
+        with ExitStack() as fds:
+            top = _open_dir(name[:2], root_fd, self._root, False, False)
+            if top is not None:
+                fds.callback(os.close, top)
+                leaf = _open_dir(name[2:4], top, self._root, False, False)
+                if leaf is not None:
+                    fds.callback(os.close, leaf)
+                    old = _file_size(leaf, name)
         add, grow = (1, size) if old is None else (0, size - _payload_size(old))
         error = self._quota_error(*counts, add, grow)
         if error is not None:
@@ -707,11 +699,15 @@ class DirectoryStorage(ConditionalBase):
         return True
 
     def _tally(self, root_fd: int) -> tuple[int, int]:
-        sessions = size = 0
+        """Count the session files and their payload bytes (for a new ledger)."""
+        totals = [0, 0, 0]
+
+        def count_leaf(root: int, leaf: int, prefix: str) -> bool:
+            return _count_leaf(leaf, prefix, totals)
+
         for top in _fanout(root_fd):
-            counts = self._count_top(root_fd, top)
-            sessions, size = sessions + counts[0], size + counts[1]
-        return sessions, size
+            self._walk("count", top, count_leaf, False)
+        return totals[0], totals[1]
 
     # ---------------------------------------------------------- whole values
 
@@ -729,44 +725,37 @@ class DirectoryStorage(ConditionalBase):
         self, session_id: str, now: float, chunk: int | None
     ) -> tuple[bytes | None, _Source | None, int]:
         """Read ``(payload, None, version)``, or with *chunk* its first bytes and a source."""
-        path = self._where(session_id)[1]
-        with _os_errors("load", path):
-            place = self._place(session_id)
+        with _os_errors("load", self._where(session_id)[1]):
+            place = self._place(session_id, False)
             if place is None:
                 return None, None, 0
+            streaming = False
             try:
-                fd = os.open(place.name, _READ, dir_fd=place.leaf)
-            except FileNotFoundError:
-                place.close()
-                return None, None, 0
-            except BaseException:
-                place.close()
-                raise
-            try:
-                place.close()
-            except BaseException:
-                os.close(fd)
-                raise
-            try:
+                try:
+                    fd = place.hold(os.open(place.name, _READ, dir_fd=place.leaf))
+                except FileNotFoundError:
+                    return None, None, 0
                 found = _read_head(fd, chunk)
                 if found is None:
-                    _unreadable(path)
+                    _unreadable(place.path)
                     return None, None, 0
                 head, first = found
                 if head.expires_at <= now:
                     return None, None, 0
                 if len(first) < head.length:
-                    crc = zlib.crc32(first)
-                    source = _Source(self, fd, head.length - len(first), crc, head.crc, path)
-                    fd = -1  # the source owns it now: it keeps this version of the file open
-                    return first, source, head.version
+                    # The source keeps the file (this version of it) and its folders open.
+                    streaming = True
+                    return first, _Source(self, place, fd, head, first), head.version
                 if zlib.crc32(first) != head.crc:
-                    _unreadable(path)
+                    _unreadable(place.path)
                     return None, None, 0
                 return first, None, head.version
+            except BaseException:
+                place.close(quiet=True)
+                raise
             finally:
-                if fd >= 0:
-                    os.close(fd)
+                if not streaming:
+                    place.close()
 
     async def _store(self, session_id: str, data: bytes, ttl: float | None) -> None:
         await self._store_if(session_id, data, ttl, _ANY)
@@ -800,28 +789,22 @@ class DirectoryStorage(ConditionalBase):
 
     def _remove_file(self, session_id: str, expect: int, now: float) -> bool:
         with _os_errors("delete", self._where(session_id)[1]):
-            place = self._place(session_id)
+            place = self._place(session_id, False)
             if place is None:
                 return False
-            try:
-                with _locked(place.leaf):
-                    if (
-                        expect != _ANY
-                        and _live_version(place.leaf, place.name, now, False) != expect
-                    ):
+            with place:
+                name, leaf = place.name, place.leaf
+                with _locked(leaf):
+                    if expect != _ANY and _live_version(leaf, name, now, False) != expect:
                         return False
-                    old = _file_size(place.leaf, place.name)
+                    old = _file_size(leaf, name)
                     if old is None:
                         return False
                     delta = (-1, -_payload_size(old))
-                    self._counted(
-                        place.root, delta, lambda: os.unlink(place.name, dir_fd=place.leaf)
-                    )
+                    self._counted(place.root, delta, lambda: os.unlink(name, dir_fd=leaf))
                 if self._fsync:
-                    os.fsync(place.leaf)
+                    os.fsync(leaf)
                 return True
-            finally:
-                place.close()
 
     # ------------------------------------------------------------- streaming
 
@@ -864,14 +847,29 @@ class DirectoryStorage(ConditionalBase):
             raise ValueError("temp_grace must be a number of seconds, not NaN")
         now, stale_before = self._clock(), time.time() - temp_grace
         counts = dict.fromkeys(("expired", "corrupt", "temporary", "folders"), 0)
+
+        def purge_leaf(root_fd: int, leaf_fd: int, prefix: str) -> bool:
+            return self._purge_leaf(root_fd, leaf_fd, prefix, now, stale_before, counts)
+
         for top in await self._run(self._list_root, "purge"):
-            for kind, count in (await self._run(self._purge_top, top, now, stale_before)).items():
-                counts[kind] += count
+            counts["folders"] += await self._run(self._walk, "purge", top, purge_leaf, True)
         return DirectoryPurgeResult(**counts)
+
+    async def statistics(self) -> DirectoryStorageStatistics:
+        """Count session files, payload bytes and temporary files (reads no payload)."""
+        self._check_open()
+        totals = [0, 0, 0]
+
+        def count_leaf(root_fd: int, leaf_fd: int, prefix: str) -> bool:
+            return _count_leaf(leaf_fd, prefix, totals)
+
+        for top in await self._run(self._list_root, "count"):
+            await self._run(self._walk, "count", top, count_leaf, False)
+        return DirectoryStorageStatistics(*totals)
 
     def _list_root(self, action: str) -> list[str]:
         with _os_errors(action, self._root):
-            root_fd = self._open_root(False)
+            root_fd = self._open_root()
             if root_fd is None:
                 return []
             try:
@@ -879,39 +877,43 @@ class DirectoryStorage(ConditionalBase):
             finally:
                 os.close(root_fd)
 
-    def _purge_top(self, top: str, now: float, stale_before: float) -> dict[str, int]:
-        counts = dict.fromkeys(("expired", "corrupt", "temporary", "folders"), 0)
+    def _open_root(self) -> int | None:
+        return _open_dir(self._root, None, self._root, False, False)
+
+    def _walk(
+        self, action: str, top: str, visit: Callable[[int, int, str], bool], prune: bool
+    ) -> int:
+        """Call ``visit(root_fd, folder_fd, prefix)`` for each fan-out folder in ROOT/*top*.
+
+        Every folder is opened as operations open them, checked. With *prune*, a folder
+        *visit* says it emptied, and then *top* if empty, is removed; returns how many.
+        """
+        removed = 0
         top_path = os.path.join(self._root, top)
-        with _os_errors("purge", top_path):
-            root_fd = self._open_root(False)
+        with _os_errors(action, top_path), ExitStack() as fds:
+            root_fd = self._open_root()
             if root_fd is None:
-                return counts
-            try:
-                top_fd = _open_dir(top, root_fd, top_path, False, self._fsync)
-                if top_fd is None:
-                    return counts
-                try:
-                    for sub in _fanout(top_fd):
-                        path = os.path.join(top_path, sub)
-                        with _os_errors("purge", path):
-                            leaf_fd = _open_dir(sub, top_fd, path, False, self._fsync)
-                            if leaf_fd is None:
-                                continue
-                            try:
-                                left = self._purge_leaf(
-                                    root_fd, leaf_fd, top + sub, now, stale_before, counts
-                                )
-                            finally:
-                                os.close(leaf_fd)
-                            if not left:
-                                counts["folders"] += _remove_if_empty(sub, top_fd)
-                    if not os.listdir(top_fd):
-                        counts["folders"] += _remove_if_empty(top, root_fd)
-                finally:
-                    os.close(top_fd)
-            finally:
-                os.close(root_fd)
-        return counts
+                return 0
+            fds.callback(os.close, root_fd)
+            top_fd = _open_dir(top, root_fd, top_path, False, False)
+            if top_fd is None:
+                return 0
+            fds.callback(os.close, top_fd)
+            for sub in _fanout(top_fd):
+                path = os.path.join(top_path, sub)
+                with _os_errors(action, path):
+                    leaf_fd = _open_dir(sub, top_fd, path, False, False)
+                    if leaf_fd is None:
+                        continue
+                    try:
+                        emptied = visit(root_fd, leaf_fd, top + sub)
+                    finally:
+                        os.close(leaf_fd)
+                    if prune and emptied:
+                        removed += _remove_if_empty(sub, top_fd)
+            if prune and not os.listdir(top_fd):
+                removed += _remove_if_empty(top, root_fd)
+        return removed
 
     def _purge_leaf(
         self,
@@ -921,8 +923,8 @@ class DirectoryStorage(ConditionalBase):
         now: float,
         stale_before: float,
         counts: dict[str, int],
-    ) -> int:
-        """Purge one fan-out folder; return how many entries are left in it."""
+    ) -> bool:
+        """Purge one fan-out folder; return whether it was left empty."""
         left = removed = 0
         for name in os.listdir(leaf_fd):
             if _is_temp(name):
@@ -941,7 +943,7 @@ class DirectoryStorage(ConditionalBase):
             left += 1
         if removed and self._fsync:
             os.fsync(leaf_fd)
-        return left
+        return left == 0
 
     def _bury(self, root_fd: int, leaf_fd: int, name: str, now: float) -> str | None:
         """Remove *name* if it is expired or unreadable: ``"expired"``, ``"corrupt"`` or None."""
@@ -970,45 +972,6 @@ class DirectoryStorage(ConditionalBase):
         finally:
             os.close(fd)
 
-    async def statistics(self) -> DirectoryStorageStatistics:
-        """Count session files, payload bytes and temporary files (reads no payload)."""
-        self._check_open()
-        totals = [0, 0, 0]
-        for top in await self._run(self._list_root, "count"):
-            for i, count in enumerate(await self._run(self._count_top_hop, top)):
-                totals[i] += count
-        return DirectoryStorageStatistics(*totals)
-
-    def _count_top_hop(self, top: str) -> tuple[int, int, int]:
-        with _os_errors("count", os.path.join(self._root, top)):
-            root_fd = self._open_root(False)
-            if root_fd is None:
-                return 0, 0, 0
-            try:
-                return self._count_top(root_fd, top)
-            finally:
-                os.close(root_fd)
-
-    def _count_top(self, root_fd: int, top: str) -> tuple[int, int, int]:
-        totals = [0, 0, 0]
-        top_path = os.path.join(self._root, top)
-        top_fd = _open_dir(top, root_fd, top_path, False, False)
-        if top_fd is None:
-            return 0, 0, 0
-        try:
-            for sub in _fanout(top_fd):
-                leaf_fd = _open_dir(sub, top_fd, os.path.join(top_path, sub), False, False)
-                if leaf_fd is None:
-                    continue
-                try:
-                    for i, count in enumerate(_count_leaf(leaf_fd, top + sub)):
-                        totals[i] += count
-                finally:
-                    os.close(leaf_fd)
-        finally:
-            os.close(top_fd)
-        return totals[0], totals[1], totals[2]
-
 
 @final
 class _TempFile:
@@ -1016,11 +979,9 @@ class _TempFile:
 
     def __init__(self, storage: DirectoryStorage, session_id: str, size: int) -> None:
         self.storage = storage
-        self.place, self.name, self.fd = storage._prepare(session_id, size)
-        self.temp: str | None = self.name
-        self.version = 0
-        self.crc = 0
-        self.length = 0
+        self.place, self.temp, self.fd = storage._prepare(session_id, size)
+        self.committed = False
+        self.version = self.crc = self.length = 0
 
     def append(self, data: bytes) -> None:
         _write_all(self.fd, data)
@@ -1028,7 +989,7 @@ class _TempFile:
         self.length += len(data)
 
     def write(self, data: bytes, expires_at: float) -> None:
-        """Write a whole value, header first (one write call)."""
+        """Write a whole value and its header with one call (no copy of the value)."""
         self.length, self.crc = len(data), zlib.crc32(data)
         header = self._header(expires_at)
         written = os.writev(self.fd, [header, data])
@@ -1051,37 +1012,30 @@ class _TempFile:
 
         Returns the new version, or ``None`` (the file stays temporary) on a conflict.
         """
-        storage, place = self.storage, self.place
+        storage, place, temp = self.storage, self.place, self.temp
         if storage._fsync:
             os.fsync(self.fd)
         fd, self.fd = self.fd, -1
         os.close(fd)
-        assert self.temp is not None
-        with _locked(place.leaf):
-            if (
-                expect != _ANY
-                and _live_version(place.leaf, place.name, now, expect is None) != expect
-            ):
+        name, leaf = place.name, place.leaf
+        with _locked(leaf):
+            if expect != _ANY and _live_version(leaf, name, now, expect is None) != expect:
                 return None
-            old = _file_size(place.leaf, place.name)
+            old = _file_size(leaf, name)
             delta = (1, self.length) if old is None else (0, self.length - _payload_size(old))
-            temp, leaf = self.temp, place.leaf
-            storage._counted(
-                place.root,
-                delta,
-                lambda: os.replace(temp, place.name, src_dir_fd=leaf, dst_dir_fd=leaf),
-            )
-            self.temp = None  # committed: from here on, a failure cannot bring the old value back
+            rename = lambda: os.replace(temp, name, src_dir_fd=leaf, dst_dir_fd=leaf)  # noqa: E731
+            storage._counted(place.root, delta, rename)
+            self.committed = True  # from here on, a failure cannot bring the old value back
         if storage._fsync:
-            os.fsync(place.leaf)
+            os.fsync(leaf)
         return self.version
 
     def close(self) -> None:
-        """Release the folders of a committed file (errors propagate)."""
-        if self.temp is not None:
-            self.discard()
-        else:
+        """Release a committed file's folders (errors propagate), or discard the file."""
+        if self.committed:
             self.place.close()
+        else:
+            self.discard()
 
     def discard(self) -> None:
         """Close everything and remove the temporary file if it is still there; never raises."""
@@ -1089,18 +1043,14 @@ class _TempFile:
             fd, self.fd = self.fd, -1
             with suppress(OSError):
                 os.close(fd)
-        if self.temp is not None:
-            temp, self.temp = self.temp, None
+        if not self.committed:
+            self.committed = True  # nothing left to remove
             try:
-                os.unlink(temp, dir_fd=self.place.leaf)
+                os.unlink(self.temp, dir_fd=self.place.leaf)
             except OSError as exc:
-                logger.warning(
-                    "could not remove a temporary file in %s (%s): purge() removes it",
-                    self.place.path,
-                    _os_text(exc),
-                )
-        with suppress(OSError):
-            self.place.close()
+                message = "could not remove a temporary file in %s (%s): purge() removes it"
+                logger.warning(message, self.place.path, _os_text(exc))
+        self.place.close(quiet=True)
 
 
 @final
@@ -1108,10 +1058,14 @@ class _Source:
     """`ChunkSource` of a streaming read: the open file, read one chunk per thread hop."""
 
     def __init__(
-        self, storage: DirectoryStorage, fd: int, remaining: int, crc: int, expected: int, path: str
+        self, storage: DirectoryStorage, place: _Place, fd: int, head: _Head, first: bytes
     ) -> None:
-        self._storage, self._fd, self._remaining, self._path = storage, fd, remaining, path
-        self._crc, self._expected = crc, expected
+        self._storage, self._place, self._fd = storage, place, fd
+        self._remaining, self._crc, self._expected = (
+            head.length - len(first),
+            zlib.crc32(first),
+            head.crc,
+        )
 
     async def read(self) -> bytes:
         if self._fd < 0:
@@ -1123,21 +1077,21 @@ class _Source:
             await self._storage._run(self._close)
 
     def _read(self) -> bytes:
-        with _os_errors("read", self._path):
+        path = self._place.path
+        with _os_errors("read", path):
             chunk = os.read(self._fd, min(self._remaining, _CHUNK))
             self._remaining -= len(chunk)
             self._crc = zlib.crc32(chunk, self._crc)
             if not chunk or self._remaining == 0:
                 self._close()
                 if self._remaining or self._crc != self._expected:
-                    _unreadable(self._path)
-                    raise StorageError(f"a session file in {self._path} is corrupted")
+                    _unreadable(path)
+                    raise StorageError(f"a session file in {path} is corrupted")
             return chunk
 
     def _close(self) -> None:
-        fd, self._fd = self._fd, -1
-        if fd >= 0:
-            os.close(fd)
+        self._fd = -1
+        self._place.close()
 
 
 @final
@@ -1190,9 +1144,9 @@ class _Sink:
 def root_problem(path: str) -> str | None:
     """Why *path* is not a storage root one may purge or count, or ``None`` if it is one.
 
-    A root is a directory (not a link) that this user owns, that no one else may write
-    to, and that holds only fan-out folders (two hex digits) and the storage's own files.
-    Blocking: for command-line tools.
+    A root is a directory (not a link) that holds only fan-out folders (two hex digits)
+    and the storage's own files; the storage checks owners and modes itself. Blocking:
+    for command-line tools.
     """
     try:
         info = os.lstat(path)
