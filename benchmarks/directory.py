@@ -16,7 +16,8 @@ p99 <= max(2 ms, 1.5x the raw one-hop sequence's p99)), next to the peers called
 directly on the loop, which block it.
 
 Part 3, locking across processes: throughput (operations per second, summed over 1 or 8
-processes) of plain writes and compare-and-sets of 16 shared ids, fsync off, for ways to
+processes) of plain writes and compare-and-sets of 16 shared ids (fsync off, or on with
+``--lock-fsync``), for ways to
 make a compare-and-set atomic against every other write of the id:
 
 * ``no lock``: the plain write sequence (the baseline; a compare-and-set without a lock
@@ -35,7 +36,7 @@ conflict counts as an operation too. ``--lock-seconds`` sets the time per cell, 
 ``--lock-repeats`` how many times each runs (interleaved; the median is shown).
 
 Run: ``python benchmarks/directory.py [--ops N] [--repeats R] [--seconds S] [--payload B]
-[--lock-seconds S] [--lock-repeats N] [--only-locks]`` (needs the ``bench`` extra for
+[--lock-seconds S] [--lock-repeats N] [--lock-fsync] [--only-locks]`` (needs the ``bench`` extra for
 cachelib and diskcache).
 """
 
@@ -275,7 +276,9 @@ FOLDER = os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC
 LOCK_FILE = os.O_RDWR | os.O_CREAT | os.O_CLOEXEC
 
 
-def locked_write(variant: str, root: str, sid: str, data: bytes, cas: bool) -> None:
+def locked_write(
+    variant: str, root: str, sid: str, data: bytes, cas: bool, fsync: bool = False
+) -> None:
     """One plain write or compare-and-set of *sid* with the raw calls, locked per *variant*."""
     directory, path = raw_path(root, sid)
     name = os.path.basename(path)
@@ -287,6 +290,8 @@ def locked_write(variant: str, root: str, sid: str, data: bytes, cas: bool) -> N
         fd = os.open(temp, FLAGS, 0o600)
         try:
             os.write(fd, header + data)
+            if fsync:
+                os.fsync(fd)
         finally:
             os.close(fd)
         if variant == "folder flock":
@@ -300,10 +305,20 @@ def locked_write(variant: str, root: str, sid: str, data: bytes, cas: bool) -> N
                 os.unlink(temp)
                 return
             os.replace(temp, path)
+        if fsync:
+            sync_directory(directory)
+
+
+def sync_directory(directory: str) -> None:
+    fd = os.open(directory, FOLDER)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
 
 
 def lock_worker(
-    case: tuple[str, bool], root: str, seconds: float, barrier: Any, results: Any
+    case: tuple[str, bool], root: str, seconds: float, fsync: bool, barrier: Any, results: Any
 ) -> None:
     """Run *case* for *seconds* once every process is ready; put its operation count."""
     variant, cas = case
@@ -311,21 +326,21 @@ def lock_worker(
     payload = b"p" * 1024
     barrier.wait()
     if variant == "DirectoryStorage":
-        results.put(trio.run(storage_worker, root, cas, seconds, rng, payload))
+        results.put(trio.run(storage_worker, root, cas, seconds, fsync, rng, payload))
         return
     ops, deadline = 0, time.monotonic() + seconds
     while time.monotonic() < deadline:
-        locked_write(variant, root, rng.choice(LOCK_IDS), payload, cas)
+        locked_write(variant, root, rng.choice(LOCK_IDS), payload, cas, fsync)
         ops += 1
     results.put(ops)
 
 
 async def storage_worker(
-    root: str, cas: bool, seconds: float, rng: random.Random, payload: bytes
+    root: str, cas: bool, seconds: float, fsync: bool, rng: random.Random, payload: bytes
 ) -> int:
     from trio_sessions import SessionNotFound, WriteConflict
 
-    storage = DirectoryStorage(root, fsync=False)
+    storage = DirectoryStorage(root, fsync=fsync)
     ops, deadline = 0, time.monotonic() + seconds
     while time.monotonic() < deadline:
         sid = rng.choice(LOCK_IDS)
@@ -342,13 +357,13 @@ async def storage_worker(
     return ops
 
 
-def lock_throughput(case: tuple[str, bool], processes: int, seconds: float) -> float:
+def lock_throughput(case: tuple[str, bool], processes: int, seconds: float, fsync: bool) -> float:
     """Operations per second of *case*, summed over *processes*, on a fresh root."""
     root = tempfile.mkdtemp(prefix="bench-directory-locks-")
     context = multiprocessing.get_context("spawn")
     barrier, results = context.Barrier(processes), context.Queue()
     workers = [
-        context.Process(target=lock_worker, args=(case, root, seconds, barrier, results))
+        context.Process(target=lock_worker, args=(case, root, seconds, fsync, barrier, results))
         for _ in range(processes)
     ]
     try:
@@ -374,7 +389,7 @@ def _seed(root: str, sid: str) -> None:
     trio.run(write)
 
 
-def locking(seconds: float, repeats: int) -> None:
+def locking(seconds: float, repeats: int, fsync: bool) -> None:
     variants = [*LOCK_VARIANTS, "DirectoryStorage"]
     cases = [(variant, cas) for variant in variants for cas in (False, True)]
     cases.remove(("no lock", True))  # not atomic: nothing to measure
@@ -383,11 +398,12 @@ def locking(seconds: float, repeats: int) -> None:
         for case in cases:
             for processes in (1, 8):
                 figures.setdefault((case, processes), []).append(
-                    lock_throughput(case, processes, seconds)
+                    lock_throughput(case, processes, seconds, fsync)
                 )
     med = {key: statistics.median(values) for key, values in figures.items()}
     print(
-        f"locking across processes: {len(LOCK_IDS)} shared ids, 1 KiB, fsync off, ops/s "
+        f"locking across processes: {len(LOCK_IDS)} shared ids, 1 KiB, "
+        f"fsync {'on' if fsync else 'off'}, ops/s "
         f"(median of {repeats} x {seconds:g} s)"
     )
     print(f"{'case':<44}{'1 process':>11}{'8 processes':>13}{'ratio to no-lock write':>26}")
@@ -415,10 +431,11 @@ def main() -> None:
     parser.add_argument("--payload", type=int, default=4096, help="bytes")
     parser.add_argument("--lock-seconds", type=float, default=2.0, help="per locking cell")
     parser.add_argument("--lock-repeats", type=int, default=3)
+    parser.add_argument("--lock-fsync", action="store_true", help="part 3 with fsync on")
     parser.add_argument("--only-locks", action="store_true", help="part 3 only")
     args = parser.parse_args()
     if args.only_locks:
-        locking(args.lock_seconds, args.lock_repeats)
+        locking(args.lock_seconds, args.lock_repeats, args.lock_fsync)
         return
     payload = bytes(range(256)) * (args.payload // 256) + b"p" * (args.payload % 256)
     cases = {
@@ -476,7 +493,7 @@ def main() -> None:
             f"p99 {percentile(mine, 99):.3f} ms (goal <= {goal:.3f})"
         )
     print()
-    locking(args.lock_seconds, args.lock_repeats)
+    locking(args.lock_seconds, args.lock_repeats, args.lock_fsync)
 
 
 if __name__ == "__main__":
