@@ -1,12 +1,35 @@
-"""MemoryStorage beyond the contract: expiry bookkeeping, LRU, statistics."""
+"""MemoryStorage beyond the contract: expiry bookkeeping, bounds and LRU, statistics,
+versions, checkpoints."""
 
 from __future__ import annotations
+
+import contextlib
+import gc
+import math
+import os
+import secrets
+import tracemalloc
+from collections.abc import Awaitable, Callable
 
 import pytest
 import trio
 import trio.testing
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
-from trio_sessions import MemoryStorage, SessionNotFound
+from trio_sessions import MemoryStorage, SessionNotFound, WriteConflict
+from trio_sessions.storages.memory import DEFAULT_MAX_BYTES, DEFAULT_MAX_ENTRIES
+from trio_sessions.testing import ManualClock
+
+
+async def read_or_none(storage: MemoryStorage, session_id: str) -> bytes | None:
+    try:
+        return await storage.read_bytes(session_id)
+    except SessionNotFound:
+        return None
+
+
+# ------------------------------------------------------------------------ expiry
 
 
 async def test_expiry_follows_trio_time(autojump_clock: trio.testing.MockClock) -> None:
@@ -32,14 +55,31 @@ async def test_writes_remove_expired_sessions_without_reading_them(
     assert (stats.entries, stats.bytes, stats.expirations) == (1, 1, 100)
 
 
-async def test_rewrites_do_not_grow_the_expiry_heap_without_bound(
-    autojump_clock: trio.testing.MockClock,
+@pytest.mark.parametrize("step", [0, 0.37, 1.5])
+async def test_sliding_expiry_rewrites_hold_no_memory(
+    autojump_clock: trio.testing.MockClock, step: float
 ) -> None:
+    """Every request rewrites its session with a fresh ttl: memory stays flat."""
     storage = MemoryStorage()
-    for _ in range(10_000):  # sliding expiry: every request rewrites with a fresh ttl
-        await storage.write_bytes("sid", b"x", ttl=3600)
-    assert len(storage._expiry) <= 2 * len(storage) + 64
-    assert await storage.read_bytes("sid") == b"x"
+    ids = [f"user{n}" for n in range(100)]
+
+    async def rewrite_all(rounds: int) -> None:
+        for _ in range(rounds):
+            for sid in ids:
+                await storage.write_bytes(sid, b"x", ttl=3600)
+            await trio.sleep(step)
+
+    await rewrite_all(20)  # allocate what a steady state needs
+    gc.collect()
+    tracemalloc.start()
+    try:
+        before = tracemalloc.get_traced_memory()[0]
+        await rewrite_all(100)  # 10,000 rewrites
+        grown = tracemalloc.get_traced_memory()[0] - before
+    finally:
+        tracemalloc.stop()
+    assert grown < 32 * 1024
+    assert [await storage.read_bytes(sid) for sid in ids] == [b"x"] * 100
 
 
 async def test_rewrite_without_ttl_survives_the_old_deadline(
@@ -53,6 +93,22 @@ async def test_rewrite_without_ttl_survives_the_old_deadline(
     assert await storage.read_bytes("sid") == b"2"
 
 
+async def test_renewed_session_outlives_its_first_deadline(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    storage = MemoryStorage()
+    await storage.write_bytes("sid", b"1", ttl=5)
+    await trio.sleep(4)
+    await storage.write_bytes("sid", b"2", ttl=5)  # filed under a later second
+    await trio.sleep(3)
+    await storage.write_bytes("other", b"z", ttl=100)  # sweeps the first second
+    assert await storage.read_bytes("sid") == b"2"
+    await trio.sleep(3)
+    await storage.write_bytes("other", b"z", ttl=100)
+    assert await read_or_none(storage, "sid") is None
+    assert storage.statistics().entries == 1
+
+
 async def test_purge_removes_expired_sessions(autojump_clock: trio.testing.MockClock) -> None:
     storage = MemoryStorage()
     await storage.write_bytes("a", b"1", ttl=1)
@@ -60,6 +116,23 @@ async def test_purge_removes_expired_sessions(autojump_clock: trio.testing.MockC
     await trio.sleep(2)
     assert await storage.purge() == 1
     assert len(storage) == 1
+
+
+async def test_purge_removes_what_expired_within_the_current_second() -> None:
+    clock = ManualClock()
+    storage = MemoryStorage(clock=clock)
+    clock.advance(10.1)
+    await storage.write_bytes("a", b"1", ttl=0.2)  # expires at 10.3
+    await storage.write_bytes("b", b"2", ttl=0.7)  # expires at 10.8: same second
+    clock.advance(0.4)
+    assert await storage.purge() == 1
+    assert await storage.read_bytes("b") == b"2"
+    clock.advance(0.4)
+    assert await storage.purge() == 1
+    assert len(storage) == 0
+
+
+# ------------------------------------------------------------------ bounds and LRU
 
 
 async def test_lru_evicts_the_least_recently_used() -> None:
@@ -76,6 +149,333 @@ async def test_lru_evicts_the_least_recently_used() -> None:
     assert len(storage) == 3
 
 
+async def test_every_kind_of_use_counts_as_recent() -> None:
+    storage = MemoryStorage(max_entries=4)
+
+    async def consume(stream: trio.abc.ReceiveStream) -> bytes:
+        return bytes(await stream.receive_some())
+
+    async def provide(stream: trio.abc.SendStream) -> None:
+        await stream.send_all(b"c2")
+
+    for sid in "abcd":
+        await storage.write_bytes(sid, sid.encode())
+    await storage.read("a", consume)
+    await storage.read_versioned("b")
+    await storage.write("c", provide)
+    version = (await storage.read_versioned("d")).version
+    await storage.write_bytes_if("d", b"d2", version=version)
+    # Now the least recently used is a, then b, c, d; two new sessions evict a and b.
+    await storage.write_bytes("e", b"e")
+    await storage.write_bytes("f", b"f")
+    assert [await read_or_none(storage, sid) for sid in "abcdef"] == [
+        None,
+        None,
+        b"c2",
+        b"d2",
+        b"e",
+        b"f",
+    ]
+
+
+async def test_byte_bound_evicts_the_least_recently_used() -> None:
+    storage = MemoryStorage(max_size=100, max_bytes=250, max_entries=None)
+    await storage.write_bytes("a", b"a" * 100)
+    await storage.write_bytes("b", b"b" * 100)
+    await storage.read_bytes("a")
+    await storage.write_bytes("c", b"c" * 100)  # 300 bytes: b goes
+    assert await read_or_none(storage, "b") is None
+    assert await storage.read_bytes("a") == b"a" * 100
+    stats = storage.statistics()
+    assert (stats.entries, stats.bytes, stats.evictions) == (2, 200, 1)
+
+
+async def test_a_session_as_large_as_the_bound_is_kept() -> None:
+    storage = MemoryStorage(max_size=100, max_bytes=100)
+    await storage.write_bytes("a", b"a" * 60)
+    await storage.write_bytes("b", b"b" * 100)
+    assert await storage.read_bytes("b") == b"b" * 100
+    assert await read_or_none(storage, "a") is None
+
+
+async def test_eviction_comes_in_batches_down_to_a_64th_under_the_bound() -> None:
+    storage = MemoryStorage(max_entries=6400)
+    for n in range(6400):
+        await storage.write_bytes(f"s{n}", b"x")
+    assert storage.statistics().evictions == 0
+    await storage.write_bytes("one-more", b"x")
+    stats = storage.statistics()
+    assert (stats.entries, stats.evictions) == (6300, 101)
+    assert await storage.read_bytes("one-more") == b"x"
+    assert await read_or_none(storage, "s100") is None
+    assert await storage.read_bytes("s101") == b"x"
+
+
+async def test_unbounded_when_asked() -> None:
+    storage = MemoryStorage(max_entries=None, max_bytes=None, max_size=10_000)
+    for n in range(DEFAULT_MAX_ENTRIES // 50):
+        await storage.write_bytes(f"s{n}", b"x" * 10_000)  # 20 MB in 2,000 sessions
+    await storage.write_bytes("one-more", b"x")
+    assert storage.statistics().evictions == 0
+
+
+def _rss() -> int:
+    with open("/proc/self/statm") as statm:
+        return int(statm.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+
+
+@pytest.mark.skipif(not os.path.exists("/proc/self/statm"), reason="needs Linux's /proc")
+async def test_a_flood_of_new_sessions_stays_bounded_and_spares_active_users() -> None:
+    """100,000 requests that each store 2 KiB in a new anonymous session (200 MB if
+    nothing were evicted) while 100 signed-in users keep using their sessions."""
+    storage = MemoryStorage()
+    users = {secrets.token_urlsafe(32): secrets.token_bytes(200) for _ in range(100)}
+    for sid, value in users.items():
+        await storage.write_bytes(sid, value, ttl=1800)
+    gc.collect()
+    before = _rss()
+    largest = 0
+    for n in range(100_000):
+        payload = n.to_bytes(8, "little") * 256
+        await storage.write_bytes(secrets.token_urlsafe(32), payload, ttl=1800)
+        if n % 1000 == 999:  # the users' own requests, now and then
+            for sid, value in users.items():
+                assert await storage.read_bytes(sid) == value
+            stats = storage.statistics()
+            assert stats.entries <= DEFAULT_MAX_ENTRIES
+            assert stats.bytes <= DEFAULT_MAX_BYTES
+            largest = max(largest, stats.bytes)
+    grown = _rss() - before
+    stats = storage.statistics()
+    assert stats.evictions > 60_000
+    assert largest > DEFAULT_MAX_BYTES * 0.95
+    # The payloads' bound, plus the ids, entries and the allocator's overhead.
+    assert grown < DEFAULT_MAX_BYTES * 1.5, f"resident memory grew by {grown / 2**20:.0f} MiB"
+    for sid, value in users.items():
+        assert await storage.read_bytes(sid) == value
+
+
+async def test_flood_of_tiny_sessions_stops_at_max_entries() -> None:
+    storage = MemoryStorage(max_entries=1000)
+    await storage.write_bytes("user", b"u")
+    for n in range(5000):
+        await storage.write_bytes(f"anonymous-{n}", b"")
+        if n % 100 == 0:
+            await storage.read_bytes("user")
+    stats = storage.statistics()
+    assert stats.entries <= 1000
+    assert stats.evictions == 5001 - stats.entries
+    assert await storage.read_bytes("user") == b"u"
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "error", "message"),
+    [
+        ({"max_entries": 0}, ValueError, "max_entries must be a positive int"),
+        ({"max_entries": -1}, ValueError, "max_entries must be a positive int"),
+        ({"max_entries": 2.5}, TypeError, r"max_entries must be a positive int or None, not f"),
+        ({"max_entries": 2.0}, TypeError, "max_entries .* not float"),
+        ({"max_entries": True}, TypeError, r"max_entries .* not bool \(True\)"),
+        ({"max_entries": "10"}, TypeError, "max_entries .* not str"),
+        ({"max_bytes": 0}, ValueError, "max_bytes must be a positive int"),
+        ({"max_bytes": 1e9}, TypeError, r"max_bytes must be a positive int \(bytes\) or None"),
+        ({"max_bytes": False}, TypeError, "max_bytes .* not bool"),
+        ({"max_bytes": 1000}, ValueError, r"max_bytes \(1000\) must be at least max_size"),
+        ({"max_size": 0}, ValueError, "max_size must be a positive int"),
+        ({"max_size": True}, TypeError, "max_size must be a positive int"),
+        ({"max_size": 2.5}, TypeError, "max_size must be a positive int"),
+        ({"clock": 5}, TypeError, "clock must be a callable"),
+    ],
+)
+def test_constructor_arguments_are_checked(
+    kwargs: dict[str, object], error: type[Exception], message: str
+) -> None:
+    with pytest.raises(error, match=message):
+        MemoryStorage(**kwargs)  # type: ignore[arg-type]
+
+
+def test_type_errors_are_value_errors_too() -> None:
+    """Callers that caught the ValueError these checks raised before still catch them."""
+    with pytest.raises(ValueError, match="max_entries"):
+        MemoryStorage(max_entries=2.5)  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="max_size"):
+        MemoryStorage(max_size=True)
+
+
+# ----------------------------------------------------------------- versions
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    st.lists(
+        st.tuples(
+            st.sampled_from(
+                ["write", "write_if", "stream", "invalidate", "invalidate_if", "read", "tick"]
+            ),
+            st.integers(0, 3),
+            st.sampled_from([None, 0.5, 3.0]),
+        ),
+        max_size=60,
+    )
+)
+async def test_versions_of_an_id_are_never_reused(
+    ops: list[tuple[str, int, float | None]],
+) -> None:
+    """Through rewrites, deletes, expiry and eviction, an id never gets a version back:
+    a conditional write holding an old version always conflicts."""
+    clock = ManualClock()
+    storage = MemoryStorage(clock=clock, max_entries=3)
+    seen: dict[str, list[int]] = {}
+
+    async def provider(stream: trio.abc.SendStream) -> None:
+        await stream.send_all(b"streamed")
+
+    for op, n, ttl in ops:
+        sid = f"id{n}"
+        if op == "tick":
+            clock.advance(1)
+            continue
+        current = None
+        with contextlib.suppress(SessionNotFound):
+            current = (await storage.read_versioned(sid)).version
+        for old in seen.get(sid, []):
+            if old != current:
+                with pytest.raises(WriteConflict):
+                    await storage.write_bytes_if(sid, b"stale", version=old)
+        if op == "write":
+            await storage.write_bytes(sid, b"w", ttl=ttl)
+        elif op == "write_if":
+            await storage.write_bytes_if(sid, b"c", version=current, ttl=ttl)
+        elif op == "stream":
+            await storage.write(sid, provider, ttl=ttl)
+        elif op == "invalidate":
+            await storage.invalidate(sid)
+        elif op == "invalidate_if" and current is not None:
+            await storage.invalidate_if(sid, version=current)
+        try:
+            version = (await storage.read_versioned(sid)).version
+        except SessionNotFound:
+            continue
+        history = seen.setdefault(sid, [])
+        if op in ("write", "write_if", "stream"):
+            assert version not in history
+        if not history or history[-1] != version:
+            history.append(version)
+        assert history == sorted(history)
+
+
+async def test_sessions_written_together_may_share_a_version_object() -> None:
+    """Versions are per id: new sessions do not each cost an int of their own."""
+    storage = MemoryStorage()
+    a = await storage.write_bytes_if("a", b"a", version=None)
+    b = await storage.write_bytes_if("b", b"b", version=None)
+    assert a == b
+    a2 = await storage.write_bytes_if("a", b"a2", version=a)
+    assert a2 != a
+    with pytest.raises(WriteConflict):
+        await storage.write_bytes_if("a", b"stale", version=a)
+    await storage.write_bytes_if("b", b"b2", version=b)  # b's own version still holds
+
+
+# --------------------------------------------------- checks and checkpoints
+
+
+def _calls(storage: MemoryStorage, sid: str) -> dict[str, Callable[[], Awaitable[object]]]:
+    async def provider(stream: trio.abc.SendStream) -> None:
+        await stream.send_all(b"new")
+
+    async def consumer(stream: trio.abc.ReceiveStream) -> bytes:
+        return bytes(await stream.receive_some())
+
+    return {
+        "write_bytes": lambda: storage.write_bytes(sid, b"new", ttl=5),
+        "write": lambda: storage.write(sid, provider),
+        "write_bytes_if": lambda: storage.write_bytes_if(sid, b"new", version=1),
+        "read_bytes": lambda: storage.read_bytes(sid),
+        "read": lambda: storage.read(sid, consumer),
+        "read_versioned": lambda: storage.read_versioned(sid),
+        "invalidate": lambda: storage.invalidate(sid),
+        "invalidate_if": lambda: storage.invalidate_if(sid, version=1),
+    }
+
+
+@pytest.mark.parametrize("method", list(_calls(MemoryStorage(), "x")))
+async def test_a_cancelled_call_changes_nothing(method: str) -> None:
+    storage = MemoryStorage()
+    await storage.write_bytes_if("sid", b"old", version=None)
+    assert (await storage.read_versioned("sid")).version == 1
+    with trio.CancelScope() as scope:
+        scope.cancel()
+        await _calls(storage, "sid")[method]()
+    assert scope.cancelled_caught
+    found = await storage.read_versioned("sid")
+    assert (found.data, found.version) == (b"old", 1)
+
+
+@pytest.mark.parametrize("method", list(_calls(MemoryStorage(), "x")))
+@pytest.mark.parametrize("present", [True, False])
+async def test_every_method_checkpoints(method: str, present: bool) -> None:
+    storage = MemoryStorage()
+    if present:
+        await storage.write_bytes_if("sid", b"old", version=None)
+    with trio.testing.assert_checkpoints(), contextlib.suppress(SessionNotFound, WriteConflict):
+        await _calls(storage, "sid")[method]()
+
+
+async def test_ids_are_checked_before_anything_also_once_known() -> None:
+    storage = MemoryStorage()
+    await storage.write_bytes("known", b"1")
+
+    class Sneaky(str):
+        __slots__ = ()
+
+        def __eq__(self, other: object) -> bool:
+            return True
+
+        def __hash__(self) -> int:
+            return hash("known")
+
+    for bad in (Sneaky("../x"), "known/", "known\n", b"known"):
+        for call in _calls(storage, bad).values():  # type: ignore[arg-type]
+            with pytest.raises(ValueError, match="session id"):
+                await call()
+    assert await storage.read_bytes("known") == b"1"
+    assert len(storage) == 1
+
+
+async def test_a_str_subclass_id_is_stored_as_a_plain_str() -> None:
+    class Id(str):
+        __slots__ = ()
+
+    storage = MemoryStorage()
+    await storage.write_bytes(Id("abc"), b"1")
+    assert [type(key) for key in storage._entries] == [str]
+    assert await storage.read_bytes("abc") == b"1"
+
+
+async def test_a_write_finishing_after_close_stores_nothing() -> None:
+    storage = MemoryStorage()
+    closed = trio.Event()
+
+    async def slow(stream: trio.abc.SendStream) -> None:
+        await stream.send_all(b"late")
+        await closed.wait()
+
+    async def close() -> None:
+        await trio.testing.wait_all_tasks_blocked()
+        await storage.aclose()
+        closed.set()
+
+    with pytest.RaisesGroup(trio.ClosedResourceError):
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(close)
+            await storage.write("sid", slow)
+    assert len(storage) == 0
+
+
+# ------------------------------------------------------------------ statistics
+
+
 async def test_statistics_track_bytes_through_rewrites_and_deletes() -> None:
     storage = MemoryStorage()
     await storage.write_bytes("a", b"12345")
@@ -86,16 +486,8 @@ async def test_statistics_track_bytes_through_rewrites_and_deletes() -> None:
     assert storage.statistics().bytes == 2
 
 
-@pytest.mark.parametrize("bad", [0, -1])
-def test_invalid_limits_are_refused(bad: int) -> None:
-    with pytest.raises(ValueError, match="max_entries"):
-        MemoryStorage(max_entries=bad)
-    with pytest.raises(ValueError, match="max_size"):
-        MemoryStorage(max_size=bad)
-
-
 async def test_close_drops_everything() -> None:
     async with MemoryStorage() as storage:
-        await storage.write_bytes("a", b"1")
+        await storage.write_bytes("a", b"1", ttl=math.pi)
     assert storage.closed
     assert storage.statistics().entries == 0

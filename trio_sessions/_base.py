@@ -36,8 +36,9 @@ from ._errors import (
     StorageError,
     WriteConflict,
 )
-from ._ids import check_session_id
-from ._streams import ReadStream, WriteStream
+from ._ids import check_session_id, checked_ids
+from ._streams import ReadStream, WriteStream, awaitable
+from ._validate import check_seconds, check_size
 
 __all__ = [
     "ChunkSink",
@@ -84,13 +85,9 @@ class ChunkSource(Protocol):
 
 def check_ttl(ttl: float | None) -> float | None:
     """Return *ttl* if it is ``None`` or a positive, finite number of seconds."""
-    if ttl is None:
-        return None
-    if isinstance(ttl, bool) or not isinstance(ttl, int | float):
-        raise TypeError(f"ttl must be a number of seconds or None, not {type(ttl).__name__}")
-    if not (0 < ttl < math.inf):
-        raise ValueError(f"ttl must be a positive, finite number of seconds (got {ttl!r})")
-    return ttl
+    if ttl is None or ((type(ttl) is int or type(ttl) is float) and 0 < ttl < math.inf):
+        return ttl
+    return check_seconds("ttl", ttl, allow_none=True)
 
 
 def collapse_group(group: BaseExceptionGroup[BaseException]) -> BaseException:
@@ -148,9 +145,7 @@ class StorageBase(SessionStorage):
     _hooks_yield = False
 
     def __init__(self, *, max_size: int = DEFAULT_MAX_SIZE) -> None:
-        if isinstance(max_size, bool) or not isinstance(max_size, int) or max_size < 1:
-            raise ValueError(f"max_size must be a positive int (got {max_size!r})")
-        self._max_size = max_size
+        self._max_size = check_size("max_size", max_size)
         self._closed = False
 
     # ----------------------------------------------------------------- hooks
@@ -195,7 +190,8 @@ class StorageBase(SessionStorage):
     def _check(self, session_id: str) -> None:
         if self._closed:
             raise trio.ClosedResourceError(f"{type(self).__name__} is closed")
-        check_session_id(session_id)
+        if type(session_id) is not str or session_id not in checked_ids:
+            check_session_id(session_id)
 
     def _check_data(self, data: bytes) -> bytes:
         if type(data) is not bytes:
@@ -253,7 +249,7 @@ class StorageBase(SessionStorage):
         await checkpoint_if_cancelled()
         if self._chunk_size is None:
             stream = WriteStream(self._max_size)
-            await provider(stream)
+            await awaitable(provider(stream), provider, "provider")
             data = stream.finish()
             assert data is not None
             await self.__store(session_id, data, ttl)
@@ -269,7 +265,7 @@ class StorageBase(SessionStorage):
                     return send
 
                 stream = WriteStream(self._max_size, chunk_size=self._chunk_size, spill=spill)
-                await provider(stream)
+                await awaitable(provider(stream), provider, "provider")
                 # If the provider raised, the sink task is cancelled and discards the value;
                 # only a normal return ends the channel, which lets the sink commit.
                 data = stream.finish()
@@ -291,7 +287,7 @@ class StorageBase(SessionStorage):
             raise self._failure("load", exc) from exc
         if source is None:
             stream = ReadStream(first)
-            result = await consumer(stream)
+            result = await awaitable(consumer(stream), consumer, "consumer")
             if not (stream.yielded or self._hooks_yield):
                 await cancel_shielded_checkpoint()
             return result
@@ -300,7 +296,9 @@ class StorageBase(SessionStorage):
                 send, receive = trio.open_memory_channel[bytes](self._channel_chunks)
                 nursery.start_soon(self.__run_source, source, send)
                 async with receive:
-                    result = await consumer(ReadStream(first, receive))
+                    result = await awaitable(
+                        consumer(ReadStream(first, receive)), consumer, "consumer"
+                    )
                 # The consumer may stop early: the source task has nothing left to do.
                 nursery.cancel_scope.cancel()
         return result

@@ -16,16 +16,69 @@ raises `trio.BusyResourceError`, use after `aclose` raises `trio.ClosedResourceE
 
 from __future__ import annotations
 
+import inspect
 import operator
-from collections.abc import Callable
-from typing import final
+from collections.abc import Awaitable, Callable
+from types import CoroutineType
+from typing import TypeVar, cast, final
 
 import trio
-from trio.lowlevel import checkpoint
+from trio.lowlevel import cancel_shielded_checkpoint, checkpoint, checkpoint_if_cancelled
 
 from ._errors import SessionTooLarge
 
-__all__ = ["ReadStream", "WriteStream"]
+__all__ = ["ReadStream", "WriteStream", "as_bytes", "awaitable"]
+
+T = TypeVar("T")
+
+_EXAMPLES = {
+    "provider": (
+        "async def provider(stream):\n    await stream.send_all(data)",
+        "to store bytes you already have, call write_bytes()",
+    ),
+    "consumer": (
+        "async def consumer(stream):\n    return await stream.receive_some()",
+        "to get the whole value, call read_bytes()",
+    ),
+}
+
+
+def awaitable(pending: Awaitable[T], callback: object, role: str) -> Awaitable[T]:
+    """Return what a provider or consumer returned, if it can be awaited.
+
+    A plain function returns ``None`` (or a value) instead: that raises a `TypeError`
+    saying so, before anything is stored, not Python's "can't be used in 'await'
+    expression".
+    """
+    returned: object = pending  # what the callback returned: not always an awaitable
+    if type(returned) is CoroutineType or inspect.isawaitable(returned):
+        return cast("Awaitable[T]", returned)
+    example, alternative = _EXAMPLES[role]
+    name = getattr(callback, "__qualname__", None) or type(callback).__name__
+    raise TypeError(
+        f"the {role} must be an async function, called with the stream and awaited, "
+        f"but {name}() returned {type(returned).__name__}, not an awaitable. Define it as\n"
+        f"{example}\n({alternative})"
+    )
+
+
+def as_bytes(data: object) -> bytes:
+    """Return the bytes of what a provider passed to ``send_all`` (a copy if mutable)."""
+    if type(data) is bytes:
+        return data
+    if isinstance(data, str):
+        raise TypeError(
+            "send_all() takes bytes, not str: encode the text first, e.g. "
+            "await stream.send_all(text.encode())"
+        )
+    try:
+        view = memoryview(data)  # type: ignore[arg-type]
+    except TypeError:
+        raise TypeError(
+            f"send_all() takes bytes, bytearray or memoryview, not {type(data).__name__}"
+        ) from None
+    with view:
+        return view.tobytes()
 
 
 @final
@@ -74,6 +127,8 @@ class WriteStream(trio.abc.SendStream):
             raise trio.BusyResourceError("another task is already sending on this stream")
         if self._closed:
             raise trio.ClosedResourceError("the stream is closed")
+        if type(data) is not bytes:
+            data = as_bytes(data)
         self._busy = True
         try:
             self.yielded = True
@@ -82,23 +137,26 @@ class WriteStream(trio.abc.SendStream):
                 self.too_large = True
                 await checkpoint()
                 raise SessionTooLarge(self._max_size)
-            self._size = size
             if self._channel is None and (self._chunk_size is None or size <= self._chunk_size):
-                self._parts.append(bytes(data))
-                await checkpoint()
+                # Buffered: nothing is sent unless this call returns.
+                await checkpoint_if_cancelled()
+                self._size = size
+                self._parts.append(data)
+                await cancel_shielded_checkpoint()
                 return
+            self._size = size
             await self._send_chunks(data)
         finally:
             self._busy = False
 
     async def _send_chunks(  # noqa: ASYNC910 (each chunk's send, or the final checkpoint)
-        self, data: bytes | bytearray | memoryview
+        self, data: bytes
     ) -> None:
         assert self._chunk_size is not None
         if self._channel is None:
             assert self._spill is not None
             self._channel = self._spill()
-            self._parts.append(bytes(data))
+            self._parts.append(data)
             view = memoryview(b"".join(self._parts))
             self._parts.clear()
         else:
@@ -171,26 +229,35 @@ class ReadStream(trio.abc.ReceiveStream):
             raise trio.BusyResourceError("another task is already receiving on this stream")
         if self._closed:
             raise trio.ClosedResourceError("the stream is closed")
+        self.yielded = True
         self._busy = True
         try:
-            self.yielded = True
-            if self._offset >= len(self._data) and self._channel is not None:
-                try:
-                    self._data = await self._channel.receive()
-                except trio.EndOfChannel:
-                    # A closed channel raises without a schedule point; keep the promise.
-                    await trio.lowlevel.cancel_shielded_checkpoint()
-                    self._data = b""
-                    self._channel = None
-                self._offset = 0
-            else:
-                await checkpoint()
             data, start = self._data, self._offset
-            if max_bytes is None or start + max_bytes >= len(data):
+            if start < len(data) or self._channel is None:
+                # Served from what is here: nothing is taken unless this call returns.
+                await checkpoint_if_cancelled()
+                if max_bytes is None or start + max_bytes >= len(data):
+                    self._offset = len(data)
+                    if start:
+                        data = data[start:]
+                else:
+                    self._offset = start + max_bytes
+                    data = data[start : self._offset]
+                await cancel_shielded_checkpoint()
+                return data
+            try:
+                data = await self._channel.receive()
+            except trio.EndOfChannel:
+                # A closed channel raises without a schedule point; keep the promise.
+                await cancel_shielded_checkpoint()
+                data = b""
+                self._channel = None
+            self._data = data
+            if max_bytes is None or max_bytes >= len(data):
                 self._offset = len(data)
-                return data if start == 0 else data[start:]  # noqa: ASYNC910
-            self._offset = start + max_bytes
-            return data[start : self._offset]  # noqa: ASYNC910
+                return data  # noqa: ASYNC910
+            self._offset = max_bytes
+            return data[:max_bytes]  # noqa: ASYNC910
         finally:
             self._busy = False
 
