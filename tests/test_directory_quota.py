@@ -2,7 +2,8 @@
 
 A write beyond the quota raises `StorageError` (which the integrations answer with 503)
 and stores nothing, not even a folder; rewriting or removing a stored session always
-works. ``TRIO_SESSIONS_FLOOD`` sets the size of the flood (default 100,000 writes).
+works. The flood from several processes is in test_directory_processes.py; the one here
+runs in this process (``TRIO_SESSIONS_LOCAL_FLOOD`` writes, default 5,000).
 """
 
 from __future__ import annotations
@@ -10,15 +11,24 @@ from __future__ import annotations
 import itertools
 import os
 import time
+from collections import Counter
 from pathlib import Path
 
+import httpx2 as httpx
 import pytest
 import trio
+from starlette.applications import Starlette
+from starlette.middleware import Middleware
+from starlette.requests import Request
+from starlette.responses import PlainTextResponse
+from starlette.routing import Route
 
-from trio_sessions import DirectoryStorage, SessionNotFound, StorageError
+from trio_sessions import CookieOptions, DirectoryStorage, SessionNotFound, StorageError
+from trio_sessions._demo import open_server
+from trio_sessions.asgi import SessionMiddleware
 from trio_sessions.testing import ManualClock
 
-FLOOD = int(os.environ.get("TRIO_SESSIONS_FLOOD", "100000"))
+FLOOD = int(os.environ.get("TRIO_SESSIONS_LOCAL_FLOOD", "5000"))
 
 
 def entries(root: Path) -> tuple[int, int, int]:
@@ -168,3 +178,34 @@ async def test_a_flood_of_new_sessions_stays_under_the_quota(tmp_path: Path) -> 
         f"flood: {FLOOD} new-session writes in {elapsed:.1f} s, {stored} stored, {refused} "
         f"refused; on disk {files} files, {folders} folders, {size} bytes"
     )
+
+
+async def count(request: Request) -> PlainTextResponse:  # noqa: ASYNC124 (a framework view)
+    request.session["n"] = request.session.get("n", 0) + 1
+    return PlainTextResponse(str(request.session["n"]))
+
+
+async def test_an_app_answers_503_at_the_quota_and_its_users_keep_working(
+    tmp_path: Path,
+) -> None:
+    quota, users, visitors = 100, 20, 400
+    storage = DirectoryStorage(tmp_path, fsync=False, max_sessions=quota)
+    cookie = CookieOptions(name="sid")
+    app = Starlette(
+        routes=[Route("/", count)],
+        middleware=[Middleware(SessionMiddleware, storage=storage, cookie=cookie)],
+    )
+    statuses: Counter[int] = Counter()
+    with trio.fail_after(300):
+        async with open_server(app) as url, httpx.AsyncClient(base_url=url) as client:
+            logged_in = []
+            for _ in range(users):
+                response = await client.get("/")
+                logged_in.append(response.headers["set-cookie"].split(";")[0])
+            for _ in range(visitors):  # each without a cookie: a new session each
+                statuses[(await client.get("/")).status_code] += 1
+            for user in logged_in:  # the users stored before are still served, and saved
+                response = await client.get("/", headers={"Cookie": user})
+                assert (response.status_code, response.text) == (200, "2")
+    assert statuses == {200: quota - users, 503: visitors - (quota - users)}
+    assert (await storage.statistics()).sessions == quota
