@@ -1,24 +1,34 @@
 """Server-side sessions vs Quart's signed-cookie sessions, over real HTTP on loopback.
 
-The same Quart-Trio app (every request increments a counter in the session, so every
-request saves it) is served by Hypercorn's trio worker in a separate process with:
+The same Quart-Trio app is served by Hypercorn's trio worker in a separate process with:
 
 * ``cookie``: Quart's default ``SecureCookieSessionInterface`` (the baseline);
 * ``memory``: `trio_sessions.quart` with a `MemoryStorage`;
 * ``directory``: `trio_sessions.quart` with a `DirectoryStorage` (fsync on every write);
-* ``directory-nofsync``: the same without fsync.
+* ``directory-nofsync``: the same without fsync;
+* ``cache-directory``: a cache over the fsync'd directory;
+* ``redis``: `RedisStorage` (glide) on a private Valkey started by this script.
+
+``/count`` increments a counter in the session (so it saves it); ``/plain`` never
+touches the session. ``--mix 0.8`` sends 80% of requests to ``/plain``: with
+``autoload=["/count"]`` those cost no storage operation (a checkout without
+``autoload`` loads every session). ``--code DIR`` serves the ``trio_sessions`` of another
+checkout (e.g. ``git worktree add /tmp/before COMMIT``) beside this one, as
+``VARIANT@before``, to compare two versions in one run.
 
 A bounded load generator (its own process, plain HTTP/1.1 over keep-alive sockets, one
 session per connection) sends a fixed number of requests per connection and reports
 requests per second. Variants are interleaved within each repeat so drift affects all
 alike; ratios are against the cookie baseline measured in the same run (goal >= 0.8x).
 
-Run: ``python benchmarks/web.py [--requests N] [--connections C] [--repeats R]``
+Run: ``python benchmarks/web.py [--requests N] [--connections C] [--repeats R] [--mix F]
+[--variants cookie,directory,redis] [--code DIR]``
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import math
 import os
 import signal
@@ -31,15 +41,17 @@ from typing import Any
 
 import trio
 
-VARIANTS = ("cookie", "memory", "directory", "directory-nofsync")
+VARIANTS = ("cookie", "memory", "directory", "directory-nofsync", "cache-directory", "redis")
 SECRET = b"benchmark-secret-key-0123456789abcdef"
 
 
 def build_app(variant: str, root: str) -> Any:
+    import inspect
+
     from quart import session
     from quart_trio import QuartTrio
 
-    from trio_sessions import CookieOptions, DirectoryStorage, MemoryStorage
+    from trio_sessions import CookieOptions, DirectoryStorage, MemoryStorage, open_cache_storage
     from trio_sessions.quart import init_app
 
     app = QuartTrio("benchmark")
@@ -47,17 +59,31 @@ def build_app(variant: str, root: str) -> Any:
     app.config["SESSION_COOKIE_SECURE"] = True
     app.config["SESSION_COOKIE_SAMESITE"] = "Lax"
     if variant != "cookie":
-        storage: Any = (
-            MemoryStorage()
-            if variant == "memory"
-            else DirectoryStorage(root, fsync=variant == "directory")
-        )
-        init_app(app, storage, secret_key=SECRET, cookie=CookieOptions(name="session"))
+        storage: Any
+        if variant == "memory":
+            storage = MemoryStorage()
+        elif variant == "redis":
+            from trio_sessions.storages.redis import open_redis_storage
 
-    @app.get("/")
-    async def index() -> str:  # noqa: ASYNC124 (a Quart view)
+            url = os.environ["BENCH_REDIS_URL"]
+            storage = lambda: open_redis_storage(url, driver="glide")  # noqa: E731
+        elif variant == "cache-directory":
+            storage = lambda: open_cache_storage(DirectoryStorage(root))  # noqa: E731
+        else:
+            storage = DirectoryStorage(root, fsync=variant == "directory")
+        options: dict[str, Any] = {"secret_key": SECRET, "cookie": CookieOptions(name="session")}
+        if "autoload" in inspect.signature(init_app).parameters:
+            options["autoload"] = ["/count"]  # /plain never loads its session
+        init_app(app, storage, **options)
+
+    @app.get("/count")
+    async def count() -> str:  # noqa: ASYNC124 (a Quart view)
         session["n"] = session.get("n", 0) + 1
         return f"hello #{session['n']}"
+
+    @app.get("/plain")
+    async def plain() -> str:  # noqa: ASYNC124 (a Quart view)
+        return "no session here"
 
     return app
 
@@ -93,10 +119,16 @@ class Connection:
             self.buffer += chunk
         return index
 
-    async def get(self) -> bytes:
+    async def get(self, path: bytes = b"/count") -> bytes:
         cookie = b"Cookie: " + self.cookie + b"\r\n" if self.cookie else b""
         await self.stream.send_all(
-            b"GET / HTTP/1.1\r\nHost: " + self.host.encode() + b"\r\n" + cookie + b"\r\n"
+            b"GET "
+            + path
+            + b" HTTP/1.1\r\nHost: "
+            + self.host.encode()
+            + b"\r\n"
+            + cookie
+            + b"\r\n"
         )
         end = await self._read_until(b"\r\n\r\n")
         head, self.buffer = self.buffer[:end], self.buffer[end + 4 :]
@@ -119,8 +151,11 @@ class Connection:
         return body
 
 
-async def load(url: str, requests: int, connections: int) -> float:
-    """Send *requests* per connection over *connections*; return requests per second."""
+async def load(url: str, requests: int, connections: int, mix: float) -> float:
+    """Send *requests* per connection over *connections*; return requests per second.
+
+    A fraction *mix* of them (spread evenly) go to ``/plain``, the others to ``/count``.
+    """
     host, _, port = url.removeprefix("http://").partition(":")
     streams = [await trio.open_tcp_stream(host, int(port)) for _ in range(connections)]
     clients = [Connection(stream, f"{host}:{port}") for stream in streams]
@@ -129,9 +164,14 @@ async def load(url: str, requests: int, connections: int) -> float:
         client.cookie = b""
 
     async def user(client: Connection) -> None:
+        counted = 0
         for i in range(1, requests + 1):
+            if math.floor(i * mix) > math.floor((i - 1) * mix):
+                await client.get(b"/plain")
+                continue
+            counted += 1
             body = await client.get()
-            if not body.endswith(b"#%d" % i):
+            if not body.endswith(b"#%d" % counted):
                 raise RuntimeError(f"the session lost its count: {body!r} at request {i}")
 
     with trio.fail_after(300):  # bounded in time as well as in count
@@ -155,14 +195,21 @@ def cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
-def measure(variant: str, requests: int, connections: int) -> tuple[float, float]:
+def measure(
+    variant: str, requests: int, connections: int, mix: float, code: str | None, redis_url: str
+) -> tuple[float, float]:
     """Requests per second, and the server's CPU milliseconds per request."""
+    env = {**os.environ, "BENCH_REDIS_URL": redis_url}
+    if code is not None:  # serve another checkout's trio_sessions
+        env["PYTHONPATH"] = os.pathsep.join([code, env.get("PYTHONPATH", "")])
     with tempfile.TemporaryDirectory(prefix="trio-sessions-bench-") as root:
         server = subprocess.Popen(
-            [sys.executable, __file__, "--serve", variant, "--root", root],
+            [sys.executable, os.path.abspath(__file__), "--serve", variant, "--root", root],
             stdout=subprocess.PIPE,
             stderr=subprocess.DEVNULL,
             text=True,
+            env=env,
+            cwd=code or os.getcwd(),
         )
         try:
             assert server.stdout is not None
@@ -170,7 +217,7 @@ def measure(variant: str, requests: int, connections: int) -> tuple[float, float
             if not url.startswith("http://127.0.0.1:"):
                 raise RuntimeError(f"{variant} server did not start")
             before = cpu_seconds(server.pid)
-            rate = trio.run(load, url, requests, connections)
+            rate = trio.run(load, url, requests, connections, mix)
             cpu = (cpu_seconds(server.pid) - before) / (requests * connections + 1) * 1e3
             return rate, cpu
         finally:
@@ -187,28 +234,49 @@ def main() -> None:
     parser.add_argument("--requests", type=int, default=300, help="per connection")
     parser.add_argument("--connections", type=int, default=8)
     parser.add_argument("--repeats", type=int, default=3)
-    parser.add_argument("--variants", default=",".join(VARIANTS))
+    parser.add_argument("--variants", default="cookie,memory,directory,directory-nofsync")
+    parser.add_argument("--mix", type=float, default=0.0, help="share of requests to /plain")
+    parser.add_argument("--code", help="another checkout to serve beside this one")
     parser.add_argument("--serve", choices=VARIANTS, help=argparse.SUPPRESS)
     parser.add_argument("--root", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.serve:
         serve(args.serve, args.root)
         return
+    if not 0 <= args.mix < 1:
+        parser.error("--mix must be at least 0 and below 1")
     variants = args.variants.split(",")
-    results: dict[str, list[float]] = {variant: [] for variant in variants}
-    cpu: dict[str, list[float]] = {variant: [] for variant in variants}
-    for _ in range(args.repeats):
-        for variant in variants:
-            rate, milliseconds = measure(variant, args.requests, args.connections)
-            results[variant].append(rate)
-            cpu[variant].append(milliseconds)
+    runs = [(variant, None) for variant in variants]
+    if args.code:
+        runs += [(variant, args.code) for variant in variants if variant != "cookie"]
+    with contextlib.ExitStack() as stack:
+        redis_url = ""
+        if "redis" in variants:
+            from trio_sessions.testing.servers import redis_server
+
+            redis_url = stack.enter_context(redis_server()).url
+        results: dict[str, list[float]] = {}
+        cpu: dict[str, list[float]] = {}
+        for _ in range(args.repeats):
+            for variant, code in runs:
+                name = variant if code is None else f"{variant}@before"
+                rate, milliseconds = measure(
+                    variant, args.requests, args.connections, args.mix, code, redis_url
+                )
+                results.setdefault(name, []).append(rate)
+                cpu.setdefault(name, []).append(milliseconds)
+    workload = (
+        "every request saves its session"
+        if not args.mix
+        else f"{args.mix:.0%} of requests never touch the session, the others save it"
+    )
     print(
         f"{args.connections} connections x {args.requests} requests, "
         f"{args.repeats} repeats, {os.cpu_count()} CPUs, load average "
-        f"{os.getloadavg()[0]:.1f} at the end; every request saves its session"
+        f"{os.getloadavg()[0]:.1f} at the end; {workload}"
     )
     print(
-        f"{'variant':<20}{'median req/s':>14}{'min':>7}{'max':>7}{'vs cookie':>11}"
+        f"{'variant':<26}{'median req/s':>14}{'min':>7}{'max':>7}{'vs cookie':>11}"
         f"{'server CPU ms/req':>19}{'vs cookie':>11}"
     )
     base_rate = statistics.median(results["cookie"]) if "cookie" in results else None
@@ -219,11 +287,11 @@ def main() -> None:
         # As a throughput ratio: cookie's CPU per request over this variant's.
         cpu_ratio = f"{base_cpu / milliseconds:.2f}x" if base_cpu else "-"
         print(
-            f"{variant:<20}{rate:>14.0f}{min(values):>7.0f}{max(values):>7.0f}{rate_ratio:>11}"
+            f"{variant:<26}{rate:>14.0f}{min(values):>7.0f}{max(values):>7.0f}{rate_ratio:>11}"
             f"{milliseconds:>19.2f}{cpu_ratio:>11}"
         )
-    print("goal: memory and directory >= 0.80x of cookie (both columns are throughput ratios;")
-    print("the CPU one is steadier on a busy machine, the req/s one includes waiting for disk)")
+    print("both ratio columns are throughput ratios against Quart's cookie sessions; the CPU")
+    print("one is steadier on a busy machine, the req/s one includes waiting for disk")
 
 
 if __name__ == "__main__":
