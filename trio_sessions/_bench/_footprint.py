@@ -54,7 +54,7 @@ def _held(build: Callable[[list[str], list[bytes]], object], count: int, size: i
 
 def _memory_storage(ttl: bool) -> Callable[[list[str], list[bytes]], object]:
     def build(ids: list[str], payloads: list[bytes]) -> object:
-        storage = MemoryStorage()
+        storage = MemoryStorage(max_entries=None, max_bytes=None)  # holds every session
 
         async def fill() -> None:
             await trio.lowlevel.checkpoint()

@@ -77,7 +77,7 @@ def dict_baseline() -> Target:
 def memory_storage() -> Target:
     @asynccontextmanager
     async def opener() -> AsyncIterator[Ops]:
-        async with MemoryStorage() as storage:
+        async with MemoryStorage(max_entries=None, max_bytes=None) as storage:  # filled to 1M
             yield storage_ops(storage)
 
     return target("MemoryStorage", "subject", opener)
@@ -88,7 +88,7 @@ def memory_stream() -> Target:
 
     @asynccontextmanager
     async def opener() -> AsyncIterator[Ops]:
-        async with MemoryStorage() as storage:
+        async with MemoryStorage(max_entries=None, max_bytes=None) as storage:  # filled to 1M
 
             async def write(session_id: str, data: bytes) -> None:
                 async def provider(stream: trio.abc.SendStream) -> None:
