@@ -2,12 +2,19 @@
 
 from __future__ import annotations
 
+import array
+from collections.abc import Generator
+from typing import Any
+
 import pytest
 import trio
 import trio.testing
 
-from trio_sessions import SessionTooLarge
+from trio_sessions import MemoryStorage, SessionNotFound, SessionStorage, SessionTooLarge
 from trio_sessions._streams import ReadStream, WriteStream
+
+from .dict_storage import DictStorage
+from .test_base_streaming import ChunkedDictStorage
 
 
 async def channel_pair() -> tuple[WriteStream, ReadStream]:
@@ -73,3 +80,103 @@ async def test_every_stream_call_is_a_checkpoint() -> None:
     ):
         with trio.testing.assert_checkpoints():
             await call()
+
+
+# ------------------------------------------------- what providers and consumers get wrong
+
+
+async def test_sending_text_says_to_encode_it() -> None:
+    stream = WriteStream(100)
+    with pytest.raises(TypeError, match=r"bytes, not str: encode the text first.*\.encode\(\)"):
+        await stream.send_all("user=alice")  # type: ignore[arg-type]
+    with pytest.raises(TypeError, match="bytes, bytearray or memoryview, not int"):
+        await stream.send_all(5)  # type: ignore[arg-type]
+    await stream.send_all(b"user=alice")  # the stream is still usable
+    assert stream.finish() == b"user=alice"
+
+
+async def test_mutable_buffers_are_copied_when_sent() -> None:
+    stream = WriteStream(100)
+    buffer = bytearray(b"abc")
+    await stream.send_all(buffer)
+    buffer[:] = b"xyz"
+    await stream.send_all(memoryview(array.array("H", [1, 2])))
+    assert stream.finish() == b"abc" + array.array("H", [1, 2]).tobytes()
+
+
+def _storages() -> list[SessionStorage]:
+    return [MemoryStorage(), DictStorage(), ChunkedDictStorage()]
+
+
+@pytest.mark.parametrize("storage", _storages(), ids=lambda s: type(s).__name__)
+async def test_a_sync_provider_is_refused_before_anything_is_stored(
+    storage: SessionStorage,
+) -> None:
+    await storage.write_bytes("sid", b"before")
+
+    def provider(stream: trio.abc.SendStream) -> None:
+        pass
+
+    def returns_bytes(stream: trio.abc.SendStream) -> bytes:
+        return b"after"
+
+    for sync in (provider, returns_bytes):
+        with pytest.raises(TypeError, match=r"provider must be an async function") as info:
+            await storage.write("sid", sync)  # type: ignore[arg-type]
+        assert sync.__name__ in str(info.value)
+        assert "async def provider(stream)" in str(info.value)
+    with pytest.raises(TypeError):
+        await storage.write("new", provider)  # type: ignore[arg-type]
+    assert await storage.read_bytes("sid") == b"before"
+    with pytest.raises(SessionNotFound):
+        await storage.read_bytes("new")
+
+
+@pytest.mark.parametrize("storage", _storages(), ids=lambda s: type(s).__name__)
+async def test_a_provider_sending_text_stores_nothing(storage: SessionStorage) -> None:
+    await storage.write_bytes("sid", b"before")
+
+    async def provider(stream: trio.abc.SendStream) -> None:
+        await stream.send_all(b"user=")
+        await stream.send_all("alice")  # type: ignore[arg-type]
+
+    with pytest.raises(TypeError, match="encode the text"):
+        await storage.write("sid", provider)
+    assert await storage.read_bytes("sid") == b"before"
+
+    async def fixed(stream: trio.abc.SendStream) -> None:
+        await stream.send_all(b"user=")
+        try:
+            await stream.send_all("alice")  # type: ignore[arg-type]
+        except TypeError:
+            await stream.send_all("alice".encode())  # noqa: UP012 (what the message says)
+
+    await storage.write("sid", fixed)
+    assert await storage.read_bytes("sid") == b"user=alice"
+
+
+@pytest.mark.parametrize("storage", _storages(), ids=lambda s: type(s).__name__)
+async def test_a_sync_consumer_is_refused(storage: SessionStorage) -> None:
+    await storage.write_bytes("sid", b"x" * 3000)  # above the chunked storage's chunk
+
+    def consumer(stream: trio.abc.ReceiveStream) -> bytes:
+        return b""
+
+    with pytest.raises(TypeError, match=r"consumer must be an async function.*read_bytes\(\)"):
+        await storage.read("sid", consumer)  # type: ignore[arg-type]
+    assert await storage.read_bytes("sid") == b"x" * 3000
+
+
+async def test_an_awaitable_that_is_not_a_coroutine_is_accepted() -> None:
+    storage = MemoryStorage()
+    await storage.write("sid", lambda stream: stream.send_all(b"direct"))
+
+    class Reader:
+        def __init__(self, stream: trio.abc.ReceiveStream) -> None:
+            self.stream = stream
+
+        def __await__(self) -> Generator[Any, None, bytes]:
+            data = yield from self.stream.receive_some().__await__()
+            return bytes(data)
+
+    assert await storage.read("sid", Reader) == b"direct"

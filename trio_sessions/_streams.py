@@ -33,11 +33,11 @@ T = TypeVar("T")
 
 _EXAMPLES = {
     "provider": (
-        "async def provider(stream):\n    await stream.send_all(data)",
+        "async def provider(stream): await stream.send_all(data)",
         "to store bytes you already have, call write_bytes()",
     ),
     "consumer": (
-        "async def consumer(stream):\n    return await stream.receive_some()",
+        "async def consumer(stream): return await stream.receive_some()",
         "to get the whole value, call read_bytes()",
     ),
 }
@@ -55,10 +55,10 @@ def awaitable(pending: Awaitable[T], callback: object, role: str) -> Awaitable[T
         return cast("Awaitable[T]", returned)
     example, alternative = _EXAMPLES[role]
     name = getattr(callback, "__qualname__", None) or type(callback).__name__
+    got = "None" if returned is None else f"a {type(returned).__name__} object"
     raise TypeError(
-        f"the {role} must be an async function, called with the stream and awaited, "
-        f"but {name}() returned {type(returned).__name__}, not an awaitable. Define it as\n"
-        f"{example}\n({alternative})"
+        f"the {role} must be an async function ({example}), but {name}() returned "
+        f"{got}, not an awaitable; {alternative}"
     )
 
 

@@ -91,6 +91,10 @@ def check_seconds(
         or_none = " or None" if allow_none else ""
         raise ArgumentTypeError(f"{name} must be a number of seconds{or_none}, not {_got(value)}")
     if not (value >= 0 if allow_zero else value > 0) or value == math.inf:
-        least = "zero or more" if allow_zero else "positive"
-        raise ValueError(f"{name} must be a {least}, finite number of seconds (got {value!r})")
+        what = (
+            "a finite number of seconds, zero or more"
+            if allow_zero
+            else ("a positive, finite number of seconds")
+        )
+        raise ValueError(f"{name} must be {what} (got {value!r})")
     return value
