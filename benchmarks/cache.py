@@ -1,7 +1,9 @@
 """CacheStorage against the storages it fronts, same payload, one run.
 
-Prints microseconds per operation (one task, median of the repeats, cases interleaved so
-drift affects all alike) and ratios to baselines measured in the same run:
+Prints microseconds per operation, of wall-clock time and of the process's CPU time (one
+task, median of the repeats, cases interleaved so drift affects all alike; on a shared
+machine the CPU time is the steadier figure), and ratios to baselines measured in the
+same run:
 
 * reads: a cache hit over MemoryStorage vs MemoryStorage ``read_bytes`` (goal <= 1.5x);
   over DirectoryStorage, a hit and a miss vs DirectoryStorage ``read_bytes`` alone. A
@@ -71,20 +73,30 @@ async def directory() -> AsyncIterator[SessionStorage]:
 
 
 Opener = Callable[[], AbstractAsyncContextManager[SessionStorage]]
-#: Runs *n* operations on a payload; returns the seconds they took (set-up excluded).
-Case = Callable[[int, bytes], Awaitable[float]]
+#: Runs *n* operations on a payload; returns the seconds they took (set-up excluded),
+#: of wall-clock time and of this process's CPU time (every thread's).
+Case = Callable[[int, bytes], Awaitable[tuple[float, float]]]
+
+
+def now() -> tuple[float, float]:
+    return time.perf_counter(), time.process_time()
+
+
+def since(start: tuple[float, float]) -> tuple[float, float]:
+    wall, cpu = now()
+    return wall - start[0], cpu - start[1]
 
 
 def alone(opener: Opener) -> Case:
     """``read_bytes`` of one id straight from the storage."""
 
-    async def run(n: int, payload: bytes) -> float:
+    async def run(n: int, payload: bytes) -> tuple[float, float]:
         async with opener() as storage:
             await storage.write_bytes(IDS[0], payload)
-            start = time.perf_counter()
+            start = now()
             for _ in range(n):
                 await storage.read_bytes(IDS[0])
-            return time.perf_counter() - start
+            return since(start)
 
     return run
 
@@ -92,13 +104,13 @@ def alone(opener: Opener) -> Case:
 def hit(opener: Opener) -> Case:
     """``read_bytes`` of one cached id."""
 
-    async def run(n: int, payload: bytes) -> float:
+    async def run(n: int, payload: bytes) -> tuple[float, float]:
         async with opener() as delegate, open_cache_storage(delegate) as cache:
             await cache.write_bytes(IDS[0], payload)
-            start = time.perf_counter()
+            start = now()
             for _ in range(n):
                 await cache.read_bytes(IDS[0])
-            elapsed = time.perf_counter() - start
+            elapsed = since(start)
             assert cache.statistics().hits == n
             return elapsed
 
@@ -108,14 +120,14 @@ def hit(opener: Opener) -> Case:
 def miss(opener: Opener) -> Case:
     """``read_bytes`` alternating two ids in a cache of one entry: every read misses."""
 
-    async def run(n: int, payload: bytes) -> float:
+    async def run(n: int, payload: bytes) -> tuple[float, float]:
         async with opener() as delegate, open_cache_storage(delegate, max_entries=1) as cache:
             for session_id in IDS:
                 await delegate.write_bytes(session_id, payload)
-            start = time.perf_counter()
+            start = now()
             for i in range(n):
                 await cache.read_bytes(IDS[i & 1])
-            elapsed = time.perf_counter() - start
+            elapsed = since(start)
             assert cache.statistics().loads == n
             return elapsed
 
@@ -183,27 +195,27 @@ async def conditional_mix(
 def mixed(opener: Opener, mix: Mix, *, cached: bool, max_entries: int = 10_000) -> Case:
     """Play *mix* on the storage alone, or on a cache over it; every session pre-written."""
 
-    async def run(n: int, payload: bytes) -> float:
+    async def run(n: int, payload: bytes) -> tuple[float, float]:
         ops = plan(n)
         async with opener() as delegate:
             for session_id in MIX_IDS:
                 await delegate.write_bytes(session_id, payload)
             if not cached:
-                start = time.perf_counter()
+                start = now()
                 await mix(delegate, ops, payload)
-                return time.perf_counter() - start
+                return since(start)
             async with open_cache_storage(delegate, max_entries=max_entries) as cache:
-                start = time.perf_counter()
+                start = now()
                 await mix(cache, ops, payload)
-                return time.perf_counter() - start
+                return since(start)
 
     return run
 
 
-def measure(fn: Case, n: int, payload: bytes) -> float:
-    """Microseconds per operation, in a fresh trio.run."""
-    seconds: float = trio.run(fn, n, payload)
-    return seconds / n * 1e6
+def measure(fn: Case, n: int, payload: bytes) -> tuple[float, float]:
+    """Microseconds per operation (wall clock, CPU), in a fresh trio.run."""
+    wall, cpu = trio.run(fn, n, payload)
+    return wall / n * 1e6, cpu / n * 1e6
 
 
 async def _is_conditional(opener: Opener, cached: bool) -> bool:
@@ -256,18 +268,29 @@ def main() -> None:
         cases[f"mix {name}: cache"] = (through, count, data)
         ratios.append((f"mix {name}: cache / alone", f"mix {name}: cache", f"mix {name}: alone"))
 
-    runs: dict[str, list[float]] = {name: [] for name in cases}
+    runs: dict[str, list[tuple[float, float]]] = {name: [] for name in cases}
     for _ in range(args.repeats):
         for name, (fn, count, data) in cases.items():
             runs[name].append(measure(fn, count, data))
-    med = {name: statistics.median(values) for name, values in runs.items()}
+    wall = {name: statistics.median(w for w, _ in values) for name, values in runs.items()}
+    cpu = {name: statistics.median(c for _, c in values) for name, values in runs.items()}
+    least_wall = {name: min(w for w, _ in values) for name, values in runs.items()}
+    least_cpu = {name: min(c for _, c in values) for name, values in runs.items()}
     print(f"payload {len(payload)} bytes (large: {LARGE}), {args.repeats} repeats")
-    print(f"{'case':<32}{'median us/op':>14}{'min':>9}{'max':>9}")
-    for name, values in runs.items():
-        print(f"{name:<32}{med[name]:>14.2f}{min(values):>9.2f}{max(values):>9.2f}")
+    print(f"{'us/op (median, min)':<32}{'wall':>10}{'min':>9}{'cpu':>10}{'min':>9}")
+    for name in runs:
+        print(
+            f"{name:<32}{wall[name]:>10.2f}{least_wall[name]:>9.2f}"
+            f"{cpu[name]:>10.2f}{least_cpu[name]:>9.2f}"
+        )
     print()
-    for label, case, baseline in ratios:
-        print(f"{label + ':':<40}{med[case] / med[baseline]:6.2f}x")
+    print(f"{'ratios':<42}{'of the medians':>14}{'of the minima':>14}")
+    print(f"{'':<42}{'wall':>7}{'cpu':>7}{'wall':>7}{'cpu':>7}")
+    for label, case, base in ratios:
+        print(
+            f"{label + ':':<42}{wall[case] / wall[base]:6.2f}x{cpu[case] / cpu[base]:6.2f}x"
+            f"{least_wall[case] / least_wall[base]:6.2f}x{least_cpu[case] / least_cpu[base]:6.2f}x"
+        )
     print("goals: a hit over memory <= 1.5x; every mix <= 1.0x")
 
 
