@@ -192,11 +192,11 @@ async def login() -> ResponseReturnValue:
 @demo.post("/logout")
 async def logout() -> ResponseReturnValue:
     """Log out: check the session's CSRF token, then delete the session on the server."""
+    form = await request.form  # (read it first: an unread body can stall the connection)
     session = current_session()
     await session.load()
     if "user" not in session:
         return redirect("/", 303)  # expired, or logged out in another tab: nothing to end
-    form = await request.form
     if not same_token(session.get("csrf", ""), form.get("csrf", "")):
         return _forbidden()
     session.invalidate()
