@@ -496,6 +496,19 @@ def test_an_unwritable_root_is_one_line_naming_it(capsys: pytest.CaptureFixture[
     )
 
 
+def test_a_sessions_folder_of_another_user_is_refused_in_one_line(tmp_path: Path) -> None:
+    if os.geteuid() != 0:
+        pytest.skip("only root can give a folder to another user")
+    sessions = tmp_path / "root" / "sessions"
+    sessions.mkdir(parents=True, mode=0o700)
+    os.chown(sessions, pwd.getpwnam("nobody").pw_uid, -1)
+    line = one_line_error(run_demo("--port", "0", "--root", str(tmp_path / "root")))
+    assert str(sessions) in line
+    assert f"owned by uid {pwd.getpwnam('nobody').pw_uid}" in line
+    assert f"chown 0 {sessions}" in line
+    assert list(sessions.iterdir()) == []
+
+
 def test_a_root_inside_a_file_is_one_line(tmp_path: Path) -> None:
     (tmp_path / "file").write_text("")
     root = tmp_path / "file" / "demo"

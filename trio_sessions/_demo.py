@@ -26,7 +26,7 @@ import trio
 from ._errors import StorageError
 from .storages.directory import DirectoryStorage
 
-__all__ = ["demo_storage", "listen", "main", "open_server", "prepare_root"]
+__all__ = ["check_storage", "demo_storage", "listen", "main", "open_server", "prepare_root"]
 
 _KEY_BYTES = 32
 
@@ -40,15 +40,10 @@ def prepare_root(root: str) -> bytes:
     """Make *root* and its ``sessions`` folder (mode 0700); return the signing key.
 
     The key is kept in ``ROOT/secret-key`` (mode 0600), so a restart keeps the cookies
-    valid. A probe file is written and removed, so an unwritable directory is found now,
-    not at the first login. Blocking; raises `OSError` naming the path that failed.
+    valid. Blocking; raises `OSError` naming the path that failed.
     """
-    sessions = os.path.join(root, "sessions")
     os.makedirs(root, mode=0o700, exist_ok=True)
-    os.makedirs(sessions, mode=0o700, exist_ok=True)
-    fd, probe = tempfile.mkstemp(dir=sessions, prefix=".probe-", suffix=".tmp")
-    os.close(fd)
-    os.unlink(probe)
+    os.makedirs(os.path.join(root, "sessions"), mode=0o700, exist_ok=True)
     path = os.path.join(root, "secret-key")
     try:
         with open(path, "rb") as file:
@@ -67,6 +62,19 @@ def prepare_root(root: str) -> bytes:
         os.unlink(temporary)
         raise
     return key
+
+
+def check_storage(storage: DirectoryStorage) -> None:
+    """Find now, not at the first login, a sessions folder the storage cannot use.
+
+    The storage's own checks (a folder of another user, one that others may write to,
+    a link) raise `StorageError`; a probe file written and removed raises `OSError` if
+    the folder cannot be written. Blocking.
+    """
+    trio.run(storage.statistics)
+    fd, probe = tempfile.mkstemp(dir=storage.root, prefix=".probe-", suffix=".tmp")
+    os.close(fd)
+    os.unlink(probe)
 
 
 def listen(host: str, port: int) -> socket.socket:
@@ -183,6 +191,7 @@ def main(host: str, port: int, root: str) -> int:
     try:
         key = prepare_root(root)
         storage = demo_storage(root)
+        check_storage(storage)
     except OSError as exc:
         return fail(_cannot_write(root, exc))
     except StorageError as exc:
