@@ -123,6 +123,12 @@ class Driver(Protocol):
     def statistics(self) -> RedisStorageStatistics: ...
 
 
+_current_task = trio.lowlevel.current_task
+_wait_task_rescheduled = trio.lowlevel.wait_task_rescheduled
+_reschedule = trio.lowlevel.reschedule
+_ABORTED = trio.lowlevel.Abort.SUCCEEDED
+
+
 class _Waiter:
     """One task's command waiting in a batch; ``task`` is ``None`` once it left."""
 
@@ -131,6 +137,10 @@ class _Waiter:
     def __init__(self, command: Command, task: trio.lowlevel.Task) -> None:
         self.command = command
         self.task: trio.lowlevel.Task | None = task
+
+    def abort(self, _: object) -> trio.lowlevel.Abort:
+        self.task = None  # cancelled: its command is not sent, or its reply is dropped
+        return _ABORTED
 
 
 @final
@@ -178,27 +188,22 @@ class AutoPipeline:
         )
 
     async def call(self, command: Command) -> object:
-        if not self._in_flight and self._open is None:
-            self._direct += 1
-            self._in_flight += 1
-            try:
-                return await self._send_one(command)
-            finally:
-                self._in_flight -= 1
         batch = self._open
         if batch is None:
+            if not self._in_flight:
+                self._direct += 1
+                self._in_flight += 1
+                try:
+                    return await self._send_one(command)
+                finally:
+                    self._in_flight -= 1
             batch = self._open = []
             trio.lowlevel.spawn_system_task(self._flush, batch, name="trio_sessions.redis.batch")
-        waiter = _Waiter(command, trio.lowlevel.current_task())
+        waiter = _Waiter(command, _current_task())
         batch.append(waiter)
         if len(batch) >= self._max_batch:
             self._open = None  # full: its task sends it as it is; the next command opens one
-
-        def abort(_: object) -> trio.lowlevel.Abort:
-            waiter.task = None
-            return trio.lowlevel.Abort.SUCCEEDED
-
-        return await trio.lowlevel.wait_task_rescheduled(abort)
+        return await _wait_task_rescheduled(waiter.abort)
 
     async def _flush(self, batch: list[_Waiter]) -> None:
         # One tick after the batch opened: every task that was ready then has joined.
@@ -232,7 +237,7 @@ class AutoPipeline:
             if task is None:
                 self._dropped += 1
             else:
-                trio.lowlevel.reschedule(task, reply)
+                _reschedule(task, reply)
 
     async def _send_alone(self, command: Command) -> Reply:
         try:
