@@ -32,8 +32,11 @@ make a compare-and-set atomic against every other write of the id:
   per process, so a thread hop each).
 
 A compare-and-set reads the stored version first, then writes if it is unchanged: a
-conflict counts as an operation too. ``--lock-seconds`` sets the time per cell, and
-``--lock-repeats`` how many times each runs (interleaved; the median is shown).
+conflict counts as an operation too. Each cell also shows the CPU time per operation
+(user + system, over all processes), which a busy machine disturbs less than throughput:
+lock waits cost no CPU, so they show in throughput only. ``--lock-seconds`` sets the
+time per cell, and ``--lock-repeats`` how many times each runs (interleaved; the median
+is shown).
 
 Run: ``python benchmarks/directory.py [--ops N] [--repeats R] [--seconds S] [--payload B]
 [--lock-seconds S] [--lock-repeats N] [--lock-fsync] [--only-locks]`` (needs the ``bench`` extra for
@@ -320,19 +323,25 @@ def sync_directory(directory: str) -> None:
 def lock_worker(
     case: tuple[str, bool], root: str, seconds: float, fsync: bool, barrier: Any, results: Any
 ) -> None:
-    """Run *case* for *seconds* once every process is ready; put its operation count."""
+    """Run *case* for *seconds* once every process is ready; put (operations, CPU seconds)."""
     variant, cas = case
     rng = random.Random(os.getpid())
     payload = b"p" * 1024
     barrier.wait()
+    start = cpu_seconds()
     if variant == "DirectoryStorage":
-        results.put(trio.run(storage_worker, root, cas, seconds, fsync, rng, payload))
-        return
-    ops, deadline = 0, time.monotonic() + seconds
-    while time.monotonic() < deadline:
-        locked_write(variant, root, rng.choice(LOCK_IDS), payload, cas, fsync)
-        ops += 1
-    results.put(ops)
+        ops = trio.run(storage_worker, root, cas, seconds, fsync, rng, payload)
+    else:
+        ops, deadline = 0, time.monotonic() + seconds
+        while time.monotonic() < deadline:
+            locked_write(variant, root, rng.choice(LOCK_IDS), payload, cas, fsync)
+            ops += 1
+    results.put((ops, cpu_seconds() - start))
+
+
+def cpu_seconds() -> float:
+    times = os.times()
+    return times.user + times.system
 
 
 async def storage_worker(
@@ -357,8 +366,11 @@ async def storage_worker(
     return ops
 
 
-def lock_throughput(case: tuple[str, bool], processes: int, seconds: float, fsync: bool) -> float:
-    """Operations per second of *case*, summed over *processes*, on a fresh root."""
+def lock_throughput(
+    case: tuple[str, bool], processes: int, seconds: float, fsync: bool
+) -> tuple[float, float]:
+    """Operations per second of *case*, summed over *processes*, on a fresh root, and
+    the CPU microseconds an operation took."""
     root = tempfile.mkdtemp(prefix="bench-directory-locks-")
     context = multiprocessing.get_context("spawn")
     barrier, results = context.Barrier(processes), context.Queue()
@@ -371,8 +383,9 @@ def lock_throughput(case: tuple[str, bool], processes: int, seconds: float, fsyn
             _seed(root, sid)
         for worker in workers:
             worker.start()
-        total: int = sum(results.get(timeout=120 + seconds) for _ in workers)
-        return total / seconds
+        counts = [results.get(timeout=120 + seconds) for _ in workers]
+        ops, cpu = sum(c[0] for c in counts), sum(c[1] for c in counts)
+        return ops / seconds, cpu / max(ops, 1) * 1e6
     finally:
         for worker in workers:
             worker.join(timeout=30)
@@ -393,27 +406,27 @@ def locking(seconds: float, repeats: int, fsync: bool) -> None:
     variants = [*LOCK_VARIANTS, "DirectoryStorage"]
     cases = [(variant, cas) for variant in variants for cas in (False, True)]
     cases.remove(("no lock", True))  # not atomic: nothing to measure
-    figures: dict[tuple[tuple[str, bool], int], list[float]] = {}
+    figures: dict[tuple[tuple[str, bool], int], list[tuple[float, float]]] = {}
     for _ in range(repeats):  # interleaved, so that a busy moment hits every case alike
         for case in cases:
             for processes in (1, 8):
                 figures.setdefault((case, processes), []).append(
                     lock_throughput(case, processes, seconds, fsync)
                 )
-    med = {key: statistics.median(values) for key, values in figures.items()}
+    rate = {key: statistics.median(f[0] for f in values) for key, values in figures.items()}
+    cpu = {key: statistics.median(f[1] for f in values) for key, values in figures.items()}
     print(
         f"locking across processes: {len(LOCK_IDS)} shared ids, 1 KiB, "
-        f"fsync {'on' if fsync else 'off'}, ops/s "
-        f"(median of {repeats} x {seconds:g} s)"
+        f"fsync {'on' if fsync else 'off'} (median of {repeats} x {seconds:g} s): "
+        "operations per second, CPU microseconds per operation"
     )
-    print(f"{'case':<44}{'1 process':>11}{'8 processes':>13}{'ratio to no-lock write':>26}")
+    print(f"{'case':<44}{'1 process':>17}{'8 processes':>17}{'ops/s vs no lock':>20}")
+    base = rate[("no lock", False), 1], rate[("no lock", False), 8]
     for case in cases:
         label = f"{case[0]}: {'compare-and-set' if case[1] else 'write'}"
-        one, eight = med[case, 1], med[case, 8]
-        ratios = (
-            f"{one / med[('no lock', False), 1]:.2f}x / {eight / med[('no lock', False), 8]:.2f}x"
-        )
-        print(f"{label:<44}{one:>11.0f}{eight:>13.0f}{ratios:>26}")
+        cells = [f"{rate[case, n]:>7.0f} {cpu[case, n]:>5.0f} us" for n in (1, 8)]
+        ratios = f"{rate[case, 1] / base[0]:.2f}x / {rate[case, 8] / base[1]:.2f}x"
+        print(f"{label:<44}{cells[0]:>17}{cells[1]:>17}{ratios:>20}")
 
 
 def percentile(values: list[float], p: float) -> float:
