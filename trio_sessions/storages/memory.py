@@ -106,6 +106,8 @@ class MemoryStorage(ConditionalBase):
         self._max_bytes = _UNBOUNDED if max_bytes is None else max_bytes
         self._clock = clock
         self._entries: dict[str, _Entry] = {}
+        # The id last moved to the end of the dict: when it is there, it stays there.
+        self._last: str | None = None
         # Versions come from one counter, which moves on only when a version would repeat
         # for an id: when a session that holds the current version is rewritten or
         # removed. So each id's versions only grow (even across a delete and a new write),
@@ -179,9 +181,10 @@ class MemoryStorage(ConditionalBase):
                 self._drop(session_id, entry)
                 self._expirations += 1
                 entry = None
-            else:
+            elif session_id != self._last:
                 del entries[session_id]
                 entries[session_id] = entry
+                self._last = session_id
         await cancel_shielded_checkpoint()
         if entry is None:
             raise SessionNotFound()
@@ -340,13 +343,19 @@ class MemoryStorage(ConditionalBase):
             self._drop(session_id, entry)
             self._expirations += 1
             return None
-        del entries[session_id]  # the most recently used goes last
-        entries[session_id] = entry
+        if session_id != self._last:  # the most recently used goes last
+            del entries[session_id]
+            entries[session_id] = entry
+            self._last = session_id
         return entry
 
     def _put(self, session_id: str, data: bytes, ttl: float | None) -> int:
         entries = self._entries
-        old = entries.pop(session_id, None)
+        if session_id == self._last:  # replaced where it is: already the last
+            old = entries.get(session_id)
+        else:
+            old = entries.pop(session_id, None)
+            self._last = session_id
         version = self._version
         if old is not None:
             self._bytes -= len(old[0])
