@@ -9,6 +9,7 @@ import math
 import os
 import secrets
 import tracemalloc
+from collections import OrderedDict
 from collections.abc import Awaitable, Callable
 
 import pytest
@@ -217,6 +218,69 @@ async def test_unbounded_when_asked() -> None:
         await storage.write_bytes(f"s{n}", b"x" * 10_000)  # 20 MB in 2,000 sessions
     await storage.write_bytes("one-more", b"x")
     assert storage.statistics().evictions == 0
+
+
+@settings(max_examples=80, deadline=None)
+@given(
+    max_entries=st.sampled_from([1, 3, 130]),
+    max_bytes=st.sampled_from([100, 300, 10_000]),
+    ops=st.lists(
+        st.tuples(
+            st.sampled_from(["write", "write_if", "read", "read_versioned", "invalidate"]),
+            st.integers(0, 150),
+            st.integers(0, 100),
+        ),
+        max_size=300,
+    ),
+)
+async def test_bounds_follow_a_least_recently_used_model(
+    max_entries: int, max_bytes: int, ops: list[tuple[str, int, int]]
+) -> None:
+    """Against an OrderedDict: same sessions kept, same statistics, after every step."""
+    storage = MemoryStorage(max_entries=max_entries, max_bytes=max_bytes, max_size=100)
+    model: OrderedDict[str, bytes] = OrderedDict()
+    keep_entries, keep_bytes = max_entries - max_entries // 64, max_bytes - max_bytes // 64
+    evictions = 0
+    for op, n, size in ops:
+        sid = f"s{n}"
+        if op in ("write", "write_if"):
+            value = bytes([n % 256]) * size
+            if op == "write":
+                await storage.write_bytes(sid, value)
+            else:
+                version = None
+                with contextlib.suppress(SessionNotFound):
+                    version = (await storage.read_versioned(sid)).version
+                await storage.write_bytes_if(sid, value, version=version)
+            model.pop(sid, None)
+            model[sid] = value
+            if len(model) > max_entries or sum(map(len, model.values())) > max_bytes:
+                while len(model) > 1 and (
+                    len(model) > keep_entries or sum(map(len, model.values())) > keep_bytes
+                ):
+                    model.popitem(last=False)
+                    evictions += 1
+        elif op == "invalidate":
+            await storage.invalidate(sid)
+            model.pop(sid, None)
+        else:
+            try:
+                if op == "read":
+                    found: bytes | None = await storage.read_bytes(sid)
+                else:
+                    found = (await storage.read_versioned(sid)).data
+            except SessionNotFound:
+                found = None
+            assert found == model.get(sid)
+            if sid in model:
+                model.move_to_end(sid)
+        stats = storage.statistics()
+        assert (stats.entries, stats.bytes, stats.evictions) == (
+            len(model),
+            sum(map(len, model.values())),
+            evictions,
+        )
+    assert [await read_or_none(storage, sid) for sid in model] == list(model.values())
 
 
 def _rss() -> int:
