@@ -629,28 +629,46 @@ class SessionManager:
                 if latest is None:
                     return self._dropped(session, "it was logged out or rotated meanwhile")
                 version, created_at = latest.version, latest.created_at
-                if session._lifetime_request is None:
-                    deadline = latest.deadline
-                data = self._apply(latest.data, changes)
-                payload = self._dumps(data)
+                data, payload, deadline = self._rebase(session, latest, changes, deadline)
                 continue
-            dict.clear(session)
-            session._adopt(
-                session_id,
-                data,
-                version=version,
-                payload=payload,
-                created_at=created_at,
-                refreshed_at=session._now,
-                deadline=deadline,
-            )
-            session._lifetime_request = None
-            session._modified = session._stale = False
+            self._settle(session, session_id, data, payload, version, created_at, deadline)
             return True
         raise StorageError(
             f"the session changed under {_ATTEMPTS} saves in a row; this request's changes "
             "were not saved"
         )
+
+    def _rebase(
+        self, session: Session, latest: _Stored, changes: dict[str, Any], deadline: float | None
+    ) -> tuple[dict[str, Any], bytes, float | None]:
+        """This request's changes on top of *latest*: data, payload, lifetime's end."""
+        data = self._apply(latest.data, changes)
+        keep = session._lifetime_request is not None  # set by this request: it wins
+        return data, self._dumps(data), deadline if keep else latest.deadline
+
+    @staticmethod
+    def _settle(
+        session: Session,
+        session_id: str,
+        data: dict[str, Any],
+        payload: bytes,
+        version: int,
+        created_at: float,
+        deadline: float | None,
+    ) -> None:
+        """The session is what was just stored under *session_id*."""
+        dict.clear(session)
+        session._adopt(
+            session_id,
+            data,
+            version=version,
+            payload=payload,
+            created_at=created_at,
+            refreshed_at=session._now,
+            deadline=deadline,
+        )
+        session._lifetime_request = None
+        session._modified = session._stale = False
 
     def _dropped(self, session: Session, why: str) -> bool:
         logger.info("a request's session changes were not saved: %s", why)
@@ -695,22 +713,10 @@ class SessionManager:
                         new_version = None
                         return self._dropped(session, "it was logged out or rotated meanwhile")
                     old_version = latest.version
-                    if session._lifetime_request is None:
-                        deadline = latest.deadline
-                    data = self._apply(latest.data, changes)
-                    payload = self._dumps(data)
+                    data, payload, deadline = self._rebase(session, latest, changes, deadline)
                     continue
-                dict.clear(session)
-                session._adopt(
-                    new_id,
-                    data,
-                    version=new_version,
-                    payload=payload,
-                    created_at=session._created_at,
-                    refreshed_at=session._now,
-                    deadline=deadline,
-                )
-                session._lifetime_request = None
+                created_at = session._created_at
+                self._settle(session, new_id, data, payload, new_version, created_at, deadline)
                 new_version = None
                 return True
             raise StorageError(
