@@ -391,22 +391,28 @@ def _count_leaf(leaf_fd: int, prefix: str, totals: list[int]) -> bool:
 class _Place:
     """The open, checked folders of one session (root first, its fan-out folder last)."""
 
+    __slots__ = ("_fds", "leaf", "name", "path", "root")
+
     def __init__(self, name: str, path: str) -> None:
         self.name, self.path = name, path  # the file's name, and its folder's path
         self.root = self.leaf = -1
-        self._fds = ExitStack()
+        self._fds: list[int] = []
 
     def hold(self, fd: int) -> int:
-        self._fds.callback(os.close, fd)
+        self._fds.append(fd)
         return fd
 
     def close(self, quiet: bool = False) -> None:
         """Close every descriptor; *quiet*: ignore errors (the operation failed anyway)."""
-        try:
-            self._fds.close()
-        except OSError:
-            if not quiet:
-                raise
+        fds, self._fds = self._fds, []
+        error = None
+        for fd in reversed(fds):
+            try:
+                os.close(fd)
+            except OSError as exc:
+                error = error or exc
+        if error is not None and not quiet:
+            raise error
 
     def __enter__(self) -> _Place:
         return self
@@ -553,18 +559,20 @@ class DirectoryStorage(ConditionalBase):
     def _where(self, session_id: str) -> tuple[str, str]:
         """The file name of *session_id* and the path of its fan-out folder."""
         name = hashlib.blake2b(session_id.encode(), digest_size=32).hexdigest()
-        return name, os.path.join(self._root, name[:2], name[2:4])
+        return name, f"{self._root}{os.sep}{name[:2]}{os.sep}{name[2:4]}"
 
-    def _place(self, session_id: str, create: bool, size: int | None = None) -> _Place | None:
+    def _place(
+        self, where: tuple[str, str], create: bool, size: int | None = None
+    ) -> _Place | None:
         """Open the root and the session's two fan-out folders, each checked, relative to
         the one before; ``None`` if one is missing.
 
         With *create*, missing folders are made; with a *size* too, the quota is checked
         first, before anything is made.
         """
-        place = _Place(*self._where(session_id))
-        name, root = place.name, self._root
-        levels = [(root, root), (name[:2], os.path.join(root, name[:2])), (name[2:4], place.path)]
+        place = _Place(*where)
+        name, root, path = place.name, self._root, place.path
+        levels = [(root, root), (name[:2], path[:-3]), (name[2:4], path)]
         fd: int | None = None
         try:
             for folder, path in levels:
@@ -584,12 +592,12 @@ class DirectoryStorage(ConditionalBase):
         place.leaf = fd
         return place
 
-    def _prepare(self, session_id: str, size: int) -> tuple[_Place, str, int]:
+    def _prepare(self, where: tuple[str, str], size: int) -> tuple[_Place, str, int]:
         """Make the session's folders and a temporary file in them: (place, name, fd)."""
         for attempt in range(_RETRIES):
             last = attempt == _RETRIES - 1
             try:
-                place = self._place(session_id, True, size if self._quota else None)
+                place = self._place(where, True, size if self._quota else None)
                 assert place is not None
             except FileNotFoundError:  # a purge removed a folder on our way down
                 if last:
@@ -725,8 +733,9 @@ class DirectoryStorage(ConditionalBase):
         self, session_id: str, now: float, chunk: int | None
     ) -> tuple[bytes | None, _Source | None, int]:
         """Read ``(payload, None, version)``, or with *chunk* its first bytes and a source."""
-        with _os_errors("load", self._where(session_id)[1]):
-            place = self._place(session_id, False)
+        where = self._where(session_id)
+        with _os_errors("load", where[1]):
+            place = self._place(where, False)
             if place is None:
                 return None, None, 0
             streaming = False
@@ -770,8 +779,9 @@ class DirectoryStorage(ConditionalBase):
     def _write_file(
         self, session_id: str, data: bytes, expires_at: float, expect: int | None, now: float
     ) -> int | None:
-        with _os_errors("store", self._where(session_id)[1]):
-            temp = _TempFile(self, session_id, len(data))
+        where = self._where(session_id)
+        with _os_errors("store", where[1]):
+            temp = _TempFile(self, where, len(data))
             try:
                 temp.write(data, expires_at)
                 version = temp.commit(expect, now)
@@ -788,8 +798,9 @@ class DirectoryStorage(ConditionalBase):
         return await self._run(self._remove_file, session_id, version, self._clock())
 
     def _remove_file(self, session_id: str, expect: int, now: float) -> bool:
-        with _os_errors("delete", self._where(session_id)[1]):
-            place = self._place(session_id, False)
+        where = self._where(session_id)
+        with _os_errors("delete", where[1]):
+            place = self._place(where, False)
             if place is None:
                 return False
             with place:
@@ -819,8 +830,9 @@ class DirectoryStorage(ConditionalBase):
         return _Sink(self, temp, ttl)
 
     def _open_temp(self, session_id: str) -> _TempFile:
-        with _os_errors("store", self._where(session_id)[1]):
-            temp = _TempFile(self, session_id, 0)
+        where = self._where(session_id)
+        with _os_errors("store", where[1]):
+            temp = _TempFile(self, where, 0)
             try:
                 os.lseek(temp.fd, _HEADER.size, os.SEEK_SET)  # the header comes last
             except BaseException:
@@ -977,9 +989,9 @@ class DirectoryStorage(ConditionalBase):
 class _TempFile:
     """A temporary file beside a session's file that becomes it on `commit`."""
 
-    def __init__(self, storage: DirectoryStorage, session_id: str, size: int) -> None:
+    def __init__(self, storage: DirectoryStorage, where: tuple[str, str], size: int) -> None:
         self.storage = storage
-        self.place, self.temp, self.fd = storage._prepare(session_id, size)
+        self.place, self.temp, self.fd = storage._prepare(where, size)
         self.committed = False
         self.version = self.crc = self.length = 0
 
