@@ -143,3 +143,27 @@ def _patterned(size: int, seed: int) -> bytes:
 def _recognizable(writer: int, seq: int, size: int) -> bytes:
     tag = f"<{writer}:{seq}>".encode()
     return (tag * (size // len(tag) + 1))[:size]
+
+
+def _failing_provider(pieces: list[bytes]) -> tuple[Callable[[Any], Awaitable[None]], Exception]:
+    """A provider that sends *pieces*, then raises its own error (returned beside it)."""
+    error = ProviderFailed()
+
+    async def provider(stream: trio.abc.SendStream) -> None:
+        for piece in pieces:
+            await stream.send_all(piece)
+        raise error
+
+    return provider, error
+
+
+async def _raises_itself(call: Callable[[], Awaitable[object]], error: Exception, who: str) -> None:
+    """*call* must raise *error*, the callback's own exception, unwrapped."""
+    try:
+        await call()
+    except type(error) as exc:
+        _expect(exc is error, f"the {who}'s exception did not propagate as itself")
+    except BaseExceptionGroup as group:
+        raise AssertionError(f"a {who}'s error reached the caller wrapped: {group!r}") from group
+    else:
+        raise AssertionError(f"the storage swallowed the {who}'s exception")

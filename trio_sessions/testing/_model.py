@@ -16,12 +16,13 @@ from ._context import (
     ConsumerFailed,
     Context,
     ManualClock,
-    ProviderFailed,
     _expect,
+    _failing_provider,
     _ids,
     _patterned,
     _pieces,
     _provider,
+    _raises_itself,
     _read_or_none,
     read_all,
 )
@@ -121,20 +122,8 @@ async def _run_model(storage: SessionStorage, clock: ManualClock, ops: list[Op])
             )
             remember(sid, op.value, op.ttl)
         elif op.kind == "write_failing":
-            pieces = _pieces(op.value, op.pieces)[: op.n]
-            error = ProviderFailed()
-
-            async def failing(stream: trio.abc.SendStream) -> None:
-                for piece in pieces:  # noqa: B023
-                    await stream.send_all(piece)
-                raise error  # noqa: B023
-
-            try:
-                await storage.write(sid, failing)
-            except ProviderFailed as exc:
-                _expect(exc is error, "the provider's exception must propagate as itself")
-            else:
-                raise AssertionError("write() swallowed the provider's exception")
+            failing, error = _failing_provider(_pieces(op.value, op.pieces)[: op.n])
+            await _raises_itself(lambda: storage.write(sid, failing), error, "provider")  # noqa: B023
             await check(sid, op)
         elif op.kind == "write_cancelled":
             pieces = _pieces(op.value, op.pieces)[: op.n]

@@ -19,11 +19,12 @@ from ._context import (
     ConsumerFailed,
     Context,
     ManualClock,
-    ProviderFailed,
     _expect,
+    _failing_provider,
     _ids,
     _pieces,
     _provider,
+    _raises_itself,
     _read_or_none,
     _recognizable,
     read_all,
@@ -278,22 +279,8 @@ async def _errors_and_checkpoints(storage: SessionStorage) -> None:
 
     # Callback exceptions propagate as themselves, even after streaming began.
     for pieces in ([], [b"x" * 1000], [b"y" * 100_000] * 3):
-        error = ProviderFailed()
-
-        async def provider(stream: trio.abc.SendStream) -> None:
-            for piece in pieces:  # noqa: B023
-                await stream.send_all(piece)
-            raise error  # noqa: B023
-
-        try:
-            await storage.write(sid, provider)
-        except ProviderFailed as exc:
-            _expect(exc is error, "the provider's exception did not propagate as itself")
-        except BaseExceptionGroup as group:
-            message = f"a provider's error reached the caller wrapped: {group!r}"
-            raise AssertionError(message) from group
-        else:
-            raise AssertionError("write() swallowed the provider's exception")
+        provider, error = _failing_provider(pieces)
+        await _raises_itself(lambda: storage.write(sid, provider), error, "provider")  # noqa: B023
         _expect(await storage.read_bytes(sid) in (b"old", b"new"), "a failed write changed data")
     await storage.write_bytes(sid, b"z" * 300_000 if storage.max_size >= 300_000 else b"z")
     consumer_error = ConsumerFailed()
@@ -302,15 +289,7 @@ async def _errors_and_checkpoints(storage: SessionStorage) -> None:
         await stream.receive_some(10)
         raise consumer_error
 
-    try:
-        await storage.read(sid, consumer)
-    except ConsumerFailed as exc:
-        _expect(exc is consumer_error, "the consumer's exception did not propagate as itself")
-    except BaseExceptionGroup as group:
-        message = f"a consumer's error reached the caller wrapped: {group!r}"
-        raise AssertionError(message) from group
-    else:
-        raise AssertionError("read() swallowed the consumer's exception")
+    await _raises_itself(lambda: storage.read(sid, consumer), consumer_error, "consumer")
 
 
 def check_errors_and_checkpoints(ctx: Context) -> None:
