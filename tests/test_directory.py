@@ -339,6 +339,25 @@ async def test_purge_keeps_a_session_rewritten_while_it_looks(
         assert temp_files(Path(storage.root)) == []
 
 
+async def test_purge_ignores_a_temporary_file_committed_while_it_looks(
+    storage: DirectoryStorage, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    with trio.fail_after(10):
+        await storage.write_bytes("busy", SMALL)
+        (session_file(Path(storage.root)).parent / ".0123456789abcdef.tmp").write_bytes(b"x")
+        real_stat = os.stat
+
+        def stat_after_a_commit(name: Any, *args: Any, **kwargs: Any) -> os.stat_result:
+            if str(name).endswith(".tmp"):  # the writer renames it just now
+                os.unlink(name, dir_fd=kwargs["dir_fd"])
+            return real_stat(name, *args, **kwargs)
+
+        monkeypatch.setattr(os, "stat", stat_after_a_commit)
+        assert await storage.purge(temp_grace=-1) == DirectoryPurgeResult(0, 0, 0)
+        monkeypatch.undo()
+        assert await storage.read_bytes("busy") == SMALL
+
+
 @pytest.fixture
 def thread_hops(monkeypatch: pytest.MonkeyPatch) -> list[str]:
     hops: list[str] = []

@@ -940,7 +940,10 @@ class DirectoryStorage(ConditionalBase):
         left = removed = 0
         for name in os.listdir(leaf_fd):
             if _is_temp(name):
-                info = os.stat(name, dir_fd=leaf_fd, follow_symlinks=False)
+                try:
+                    info = os.stat(name, dir_fd=leaf_fd, follow_symlinks=False)
+                except FileNotFoundError:
+                    continue  # a write committed (or discarded) it meanwhile
                 if info.st_mtime < stale_before:
                     with suppress(FileNotFoundError):
                         os.unlink(name, dir_fd=leaf_fd)
