@@ -283,35 +283,43 @@ class MemoryStorage(ConditionalBase):
 
     # ------------------------------------------------------------------ hooks
     # The base class's hooks, for completeness: the public methods above do not call them.
+    # Each ends with a schedule point, as the base class asks of every hook.
 
     async def _load(self, session_id: str) -> bytes | None:
         entry = self._live(session_id)
-        return None if entry is None else entry[0]  # noqa: ASYNC910
+        await cancel_shielded_checkpoint()
+        return None if entry is None else entry[0]
 
     async def _load_versioned(self, session_id: str) -> tuple[bytes, int] | None:
         entry = self._live(session_id)
-        return None if entry is None else (entry[0], entry[2])  # noqa: ASYNC910
+        await cancel_shielded_checkpoint()
+        return None if entry is None else (entry[0], entry[2])
 
-    async def _store(self, session_id: str, data: bytes, ttl: float | None) -> None:  # noqa: ASYNC910
+    async def _store(self, session_id: str, data: bytes, ttl: float | None) -> None:
         self._put(session_id, data, ttl)
+        await cancel_shielded_checkpoint()
 
     async def _store_if(
         self, session_id: str, data: bytes, ttl: float | None, version: int | None
     ) -> int | None:
         entry = self._live(session_id)
         match = (None if entry is None else entry[2]) == version
-        return self._put(session_id, data, ttl) if match else None  # noqa: ASYNC910
+        new_version = self._put(session_id, data, ttl) if match else None
+        await cancel_shielded_checkpoint()
+        return new_version
 
-    async def _delete(self, session_id: str) -> None:  # noqa: ASYNC910
+    async def _delete(self, session_id: str) -> None:
         entry = self._entries.get(session_id)
         if entry is not None:
             self._drop(session_id, entry)
+        await cancel_shielded_checkpoint()
 
     async def _delete_if(self, session_id: str, version: int) -> bool:
         entry = self._live(session_id)
         if match := entry is not None and entry[2] == version:
             self._drop(session_id, entry)
-        return match  # noqa: ASYNC910
+        await cancel_shielded_checkpoint()
+        return match
 
     async def _close(self) -> None:  # noqa: ASYNC910
         self._entries.clear()
@@ -320,6 +328,7 @@ class MemoryStorage(ConditionalBase):
         self._sweep_at = _NEVER
         self._stale = 0
         self._bytes = 0
+        self._last = None
 
     # -------------------------------------------------------------- internals
 
