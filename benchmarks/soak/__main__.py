@@ -57,6 +57,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seed", type=int, default=1)
     parser.add_argument("--output", type=Path, default=Path("soak-results"))
     parser.add_argument("--keep", action="store_true", help="keep the run's directory")
+    parser.add_argument(
+        "--code-label", help="what code ran, for the report (default: the last git commit)"
+    )
     args = parser.parse_args(argv)
     mode = "quick" if args.quick else "full"
     command = "python -m benchmarks.soak " + shlex.join(sys.argv[1:] if argv is None else argv)
@@ -74,6 +77,7 @@ def main(argv: list[str] | None = None) -> int:
                 code_root=CODE_ROOT,
                 keep=args.keep,
                 command=command.strip(),
+                code_label=args.code_label,
             )
         )
     except SetupError as exc:

@@ -496,21 +496,24 @@ def _judge(
 ) -> dict[str, Any]:
     windows = [(f.start, f.end + GRACE) for f in injected]
 
-    def during_outage(t: float) -> bool:
-        return any(start <= t <= end for start, end in windows)
+    def during_outage(sent: float, done: float) -> bool:
+        """Whether a request's life overlapped an outage (a request sent just before a
+        kill, or a connection attempt queued while the app restarted, fails later)."""
+        return any(sent <= end and start <= done for start, end in windows)
 
     five: dict[str, int] = {}
     allowed = unexpected_5xx = injected_5xx = 0
-    for t, status, _path, blip in users.get("server_errors", []):
+    for sent, done, status, _path, blip in users.get("server_errors", []):
         five[str(status)] = five.get(str(status), 0) + 1
         if blip and status == 503:
             injected_5xx += 1
-        elif status == 503 and during_outage(t):
+        elif status == 503 and during_outage(sent, done):
             allowed += 1
         else:
             unexpected_5xx += 1
     errors = users.get("connection_errors", [])
-    errors_outside = sum(not during_outage(t) for t in errors)
+    outside = [(sent, done) for sent, done in errors if not during_outage(sent, done)]
+    errors_outside = len(outside)
     memory = _memory(samples, t0, load_end, plan.warmup)
     failures = []
     for key, what in (
@@ -547,6 +550,9 @@ def _judge(
         "server_errors_unexpected": unexpected_5xx,
         "connection_errors": len(errors),
         "connection_errors_outside_outages": errors_outside,
+        # When those requests were sent and given up, and the outages, in seconds of the run.
+        "outside_examples": [(round(a - t0, 2), round(b - t0, 2)) for a, b in outside[:10]],
+        "outage_windows": [(round(a - t0, 2), round(b - t0, 2)) for a, b in windows],
         **{
             key: users.get(key, 0)
             for key in (
@@ -642,6 +648,7 @@ async def run(
     code_root: Path,
     keep: bool,
     command: str,
+    code_label: str | None = None,
 ) -> dict[str, Any]:
     plan = PLANS[mode]
     changes: dict[str, Any] = {"scenarios": scenarios}
@@ -656,7 +663,7 @@ async def run(
         "schema": 1,
         "command": command,
         "mode": mode,
-        "code": code_version(code_root),
+        "code": code_label or code_version(code_root),
         "started": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
         "machine_at_start": machine(),
         "plan": asdict(plan),

@@ -79,10 +79,11 @@ class Race:
 class Tally:
     requests: int = 0
     statuses: dict[str, int] = field(default_factory=dict)
-    #: (monotonic time, status, path, injected?) of every 5xx answer.
-    server_errors: list[tuple[float, int, str, bool]] = field(default_factory=list)
+    #: (sent, answered, status, path, injected?) of every 5xx answer (monotonic times).
+    server_errors: list[tuple[float, float, int, str, bool]] = field(default_factory=list)
     #: Monotonic times of requests that got no answer (refused, reset, timed out).
-    connection_errors: list[float] = field(default_factory=list)
+    #: (sent, given up) for each, in monotonic time.
+    connection_errors: list[tuple[float, float]] = field(default_factory=list)
     logins: int = 0
     #: Logins that got no answer: their session may be stored with no one holding it.
     logins_unanswered: int = 0
@@ -137,10 +138,11 @@ class User:
         self.sent += 1
         tally = self.tally
         tally.requests += 1
+        sent = time.monotonic()
         try:
             response = await connection.request(method, target, cookie=cookie)
         except HttpError:
-            tally.connection_errors.append(time.monotonic())
+            tally.connection_errors.append((sent, time.monotonic()))
             tally.statuses["error"] = tally.statuses.get("error", 0) + 1
             return None
         key = str(response.status)
@@ -148,7 +150,8 @@ class User:
         if response.status >= 500:
             injected = response.header("x-soak-blip") is not None
             path = target.partition("?")[0]
-            tally.server_errors.append((time.monotonic(), response.status, path, injected))
+            answered = time.monotonic()
+            tally.server_errors.append((sent, answered, response.status, path, injected))
         return response
 
     async def backoff(self) -> None:
