@@ -1,13 +1,22 @@
-"""The machinery every built-in backend shares.
+"""The machinery every built-in backend shares, and the extension point for new ones.
 
 `StorageBase` implements the public methods of `SessionStorage` once: id and ttl checks,
 checkpoints, the provider/consumer streams, size limits, error translation and closing.
-A backend implements a few private hooks:
+A backend implements a few hooks:
 
 * ``_load`` / ``_store`` / ``_delete`` for whole values (every backend);
 * ``_open_source`` and ``_open_sink`` for backends that stream (set ``_chunk_size``):
   values larger than one chunk then move through a bounded memory channel between the
   caller's callback and a supervised task that talks to the backend.
+
+Checkpoints follow one rule, as trio's channels do: **every hook is a schedule point**
+(it awaits real I/O, or ends with ``await trio.lowlevel.cancel_shielded_checkpoint()``),
+and the public methods add a ``checkpoint_if_cancelled()`` before the hook. So every
+public method is a checkpoint, and none adds a schedule point of its own.
+
+Backend exceptions are translated in one place (`StorageBase._translating`): the
+contract's own exceptions pass as they are, any other `Exception` becomes a
+`StorageError` naming the storage and the action, with the original as ``__cause__``.
 """
 
 from __future__ import annotations
@@ -133,16 +142,37 @@ def collapsed_errors() -> Iterator[None]:
             error.__context__ = context
 
 
+class _Translate:
+    """Turns a backend's own exceptions into `StorageError` (see `StorageBase._translating`)."""
+
+    __slots__ = ("_action", "_storage")
+
+    def __init__(self, storage: StorageBase, action: str) -> None:
+        self._storage = storage
+        self._action = action
+
+    def __enter__(self) -> None:
+        return None
+
+    def __exit__(self, kind: object, exc: BaseException | None, traceback: object) -> None:
+        if isinstance(exc, Exception) and not isinstance(exc, _CONTRACT_ERRORS):
+            raise self._storage._failure(self._action, exc) from exc
+
+
 class StorageBase(SessionStorage):
-    """Shared implementation of the contract; backends implement the private hooks."""
+    """Shared implementation of the contract, for backends that implement its hooks.
+
+    Subclass it to write a backend that streams (or `BytesStorage` for one that does
+    not): implement ``_load``, ``_store`` and ``_delete``, and for streaming set
+    ``_chunk_size`` and implement ``_open_source`` and ``_open_sink``. Every hook must
+    be a schedule point (see the module's docstring); run the conformance harness
+    (:mod:`trio_sessions.testing`) on the result.
+    """
 
     #: Streaming backends set a chunk size; ``None`` buffers whole values.
     _chunk_size: int | None = None
     #: Chunks in flight between a callback and its backend task.
     _channel_chunks = 1
-    #: Backends whose every hook awaits real I/O (a thread hop, a network round trip) set
-    #: this: the hook is then the schedule point, and the base class adds none of its own.
-    _hooks_yield = False
 
     def __init__(self, *, max_size: int = DEFAULT_MAX_SIZE) -> None:
         self._max_size = check_size("max_size", max_size)
@@ -207,26 +237,14 @@ class StorageBase(SessionStorage):
         check_ttl(ttl)
         data = self._check_data(data)
         await checkpoint_if_cancelled()
-        try:
+        with self._translating("store"):
             await self._store(session_id, data, ttl)
-        except _CONTRACT_ERRORS:
-            raise
-        except Exception as exc:
-            raise self._failure("store", exc) from exc
-        if not self._hooks_yield:
-            await cancel_shielded_checkpoint()
 
     async def read_bytes(self, session_id: str) -> bytes:
         self._check(session_id)
         await checkpoint_if_cancelled()
-        try:
+        with self._translating("load"):
             data = await self._load(session_id)
-        except _CONTRACT_ERRORS:
-            raise
-        except Exception as exc:
-            raise self._failure("load", exc) from exc
-        if not self._hooks_yield:
-            await cancel_shielded_checkpoint()
         if data is None:
             raise SessionNotFound()
         return data
@@ -234,14 +252,8 @@ class StorageBase(SessionStorage):
     async def invalidate(self, session_id: str) -> None:
         self._check(session_id)
         await checkpoint_if_cancelled()
-        try:
+        with self._translating("delete"):
             await self._delete(session_id)
-        except _CONTRACT_ERRORS:
-            raise
-        except Exception as exc:
-            raise self._failure("delete", exc) from exc
-        if not self._hooks_yield:
-            await cancel_shielded_checkpoint()
 
     async def write(self, session_id: str, provider: Provider, *, ttl: float | None = None) -> None:
         self._check(session_id)
@@ -252,9 +264,7 @@ class StorageBase(SessionStorage):
             await awaitable(provider(stream), provider, "provider")
             data = stream.finish()
             assert data is not None
-            await self.__store(session_id, data, ttl)
-            if not stream.yielded:
-                await cancel_shielded_checkpoint()
+            await self.__store(session_id, data, ttl)  # a hook: the schedule point
             return
         with collapsed_errors():
             async with trio.open_nursery() as nursery:
@@ -275,22 +285,10 @@ class StorageBase(SessionStorage):
     async def read(self, session_id: str, consumer: Consumer[T]) -> T:
         self._check(session_id)
         await checkpoint_if_cancelled()
-        try:
-            first, source = await self._open_source(session_id)
-        except SessionNotFound:
-            if not self._hooks_yield:
-                await cancel_shielded_checkpoint()
-            raise
-        except _CONTRACT_ERRORS:
-            raise
-        except Exception as exc:
-            raise self._failure("load", exc) from exc
+        with self._translating("load"):
+            first, source = await self._open_source(session_id)  # a hook: the schedule point
         if source is None:
-            stream = ReadStream(first)
-            result = await awaitable(consumer(stream), consumer, "consumer")
-            if not (stream.yielded or self._hooks_yield):
-                await cancel_shielded_checkpoint()
-            return result
+            return await awaitable(consumer(ReadStream(first)), consumer, "consumer")
         with collapsed_errors():
             async with trio.open_nursery() as nursery:
                 send, receive = trio.open_memory_channel[bytes](self._channel_chunks)
@@ -315,16 +313,17 @@ class StorageBase(SessionStorage):
 
     # -------------------------------------------------------------- internals
 
+    def _translating(self, action: str) -> _Translate:
+        """``with self._translating("store"): await ...``: the one translation of errors."""
+        return _Translate(self, action)
+
     def _failure(self, action: str, exc: BaseException) -> StorageError:
+        """The `StorageError` for *exc*; backends may say more (a path, an address)."""
         return StorageError(f"{type(self).__name__} could not {action}: {exc!r}")
 
     async def __store(self, session_id: str, data: bytes, ttl: float | None) -> None:
-        try:
+        with self._translating("store"):
             await self._store(session_id, data, ttl)
-        except _CONTRACT_ERRORS:
-            raise
-        except Exception as exc:
-            raise self._failure("store", exc) from exc
 
     async def __run_sink(
         self, session_id: str, ttl: float | None, receive: trio.MemoryReceiveChannel[bytes]
@@ -332,7 +331,7 @@ class StorageBase(SessionStorage):
         # A failing sink leaves *receive* open: the provider, blocked in send_all, then
         # gets the nursery's cancellation, not a BrokenResourceError of its own, and the
         # caller sees one error (the StorageError), not a group of two.
-        try:
+        with self._translating("write"):
             sink = await self._open_sink(session_id, ttl)
             try:
                 async for chunk in receive:
@@ -342,22 +341,14 @@ class StorageBase(SessionStorage):
                 with trio.CancelScope(shield=True):
                     await sink.abort()
                 raise
-        except _CONTRACT_ERRORS:
-            raise
-        except Exception as exc:
-            raise self._failure("write", exc) from exc
         receive.close()
 
     async def __run_source(self, source: ChunkSource, send: trio.MemorySendChannel[bytes]) -> None:
         async with send:
             try:
                 while True:
-                    try:
+                    with self._translating("read"):
                         chunk = await source.read()
-                    except _CONTRACT_ERRORS:
-                        raise
-                    except Exception as exc:
-                        raise self._failure("read", exc) from exc
                     if not chunk:
                         return
                     try:
@@ -400,14 +391,8 @@ class ConditionalBase(StorageBase, ConditionalStorage):
     async def read_versioned(self, session_id: str) -> Versioned:
         self._check(session_id)
         await checkpoint_if_cancelled()
-        try:
+        with self._translating("load"):
             found = await self._load_versioned(session_id)
-        except _CONTRACT_ERRORS:
-            raise
-        except Exception as exc:
-            raise self._failure("load", exc) from exc
-        if not self._hooks_yield:
-            await cancel_shielded_checkpoint()
         if found is None:
             raise SessionNotFound()
         return Versioned(*found)
@@ -420,14 +405,8 @@ class ConditionalBase(StorageBase, ConditionalStorage):
         _check_version(version, allow_none=True)
         data = self._check_data(data)
         await checkpoint_if_cancelled()
-        try:
+        with self._translating("store"):
             new_version = await self._store_if(session_id, data, ttl, version)
-        except _CONTRACT_ERRORS:
-            raise
-        except Exception as exc:
-            raise self._failure("store", exc) from exc
-        if not self._hooks_yield:
-            await cancel_shielded_checkpoint()
         if new_version is None:
             raise WriteConflict()
         return new_version
@@ -436,14 +415,8 @@ class ConditionalBase(StorageBase, ConditionalStorage):
         self._check(session_id)
         _check_version(version, allow_none=False)
         await checkpoint_if_cancelled()
-        try:
+        with self._translating("delete"):
             deleted = await self._delete_if(session_id, version)
-        except _CONTRACT_ERRORS:
-            raise
-        except Exception as exc:
-            raise self._failure("delete", exc) from exc
-        if not self._hooks_yield:
-            await cancel_shielded_checkpoint()
         if not deleted:
             raise WriteConflict()
 
