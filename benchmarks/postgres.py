@@ -34,18 +34,15 @@ import sys
 import tempfile
 import time
 from collections.abc import Awaitable, Callable, Iterator
-from pathlib import Path
 from typing import Any
 
 import asyncpg
 import trio
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-
-from tests.pg_server import postgres_server
 from trio_sessions import DirectoryStorage, SessionStorage
 from trio_sessions.asyncio import open_asyncio_storage
 from trio_sessions.storages.postgres import open_postgres_storage
+from trio_sessions.testing.servers import postgres_server
 
 PAYLOAD = bytes(range(256)) * 4  # 1 KiB
 TASKS = 64
@@ -173,7 +170,7 @@ class AsyncioDict:
 def redis_url() -> Iterator[str | None]:
     """A private Redis/Valkey server's URL if the tree has RedisStorage and a server."""
     try:
-        servers: Any = importlib.import_module("tests.redis_servers")
+        servers: Any = importlib.import_module("trio_sessions.testing.servers")
         importlib.import_module("trio_sessions.storages.redis")
         with servers.redis_server() as server:
             yield f"redis://127.0.0.1:{server.port}"
