@@ -43,6 +43,7 @@ RUNNABLE = {
     "quart_app.py": "Hello, alice!",
     "asgi_app.py": "Hello, alice!",
     "header_transport.py": "me with the old token: {'user': None}",
+    "streaming_storage.py": "8 passed, 1 skipped, 0 failed",
     "sqlite_storage.py": "8 passed, 1 skipped, 0 failed",
     "timed_storage.py": "8 passed, 1 skipped, 0 failed",
 }

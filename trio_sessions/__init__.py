@@ -8,6 +8,10 @@ from ._abc import Consumer as Consumer
 from ._abc import Provider as Provider
 from ._abc import SessionStorage as SessionStorage
 from ._abc import Versioned as Versioned
+from ._base import ChunkSink as ChunkSink
+from ._base import ChunkSource as ChunkSource
+from ._base import ConditionalBase as ConditionalBase
+from ._base import StorageBase as StorageBase
 from ._errors import InvalidSessionId as InvalidSessionId
 from ._errors import SessionNotFound as SessionNotFound
 from ._errors import SessionTooLarge as SessionTooLarge
@@ -47,6 +51,9 @@ __all__ = [
     "BytesStorage",
     "CacheStorage",
     "CacheStorageStatistics",
+    "ChunkSink",
+    "ChunkSource",
+    "ConditionalBase",
     "ConditionalStorage",
     "Consumer",
     "CookieOptions",
@@ -69,6 +76,7 @@ __all__ = [
     "SessionNotLoaded",
     "SessionStorage",
     "SessionTooLarge",
+    "StorageBase",
     "StorageError",
     "TrioSessionsError",
     "Versioned",
