@@ -115,7 +115,7 @@ async def test_purge_removes_expired_sessions(autojump_clock: trio.testing.MockC
     await storage.write_bytes("a", b"1", ttl=1)
     await storage.write_bytes("b", b"2", ttl=100)
     await trio.sleep(2)
-    assert await storage.purge() == 1
+    assert (await storage.purge()).expired == 1
     assert len(storage) == 1
 
 
@@ -126,10 +126,10 @@ async def test_purge_removes_what_expired_within_the_current_second() -> None:
     await storage.write_bytes("a", b"1", ttl=0.2)  # expires at 10.3
     await storage.write_bytes("b", b"2", ttl=0.7)  # expires at 10.8: same second
     clock.advance(0.4)
-    assert await storage.purge() == 1
+    assert (await storage.purge()).expired == 1
     assert await storage.read_bytes("b") == b"2"
     clock.advance(0.4)
-    assert await storage.purge() == 1
+    assert (await storage.purge()).expired == 1
     assert len(storage) == 0
 
 

@@ -43,3 +43,22 @@ def test_str_subclass_ids_are_stored_as_plain_str() -> None:
         pass
 
     assert type(check_session_id(Id("abc"))) is str
+
+
+def test_optional_capabilities_are_protocols() -> None:
+    from trio_sessions import (
+        BytesStorage,
+        ConditionalStorage,
+        DirectoryStorage,
+        MemoryStorage,
+        RedisStorage,
+        SupportsPurge,
+        SupportsTouch,
+    )
+
+    assert isinstance(MemoryStorage(), SupportsPurge)
+    assert isinstance(MemoryStorage(), ConditionalStorage)
+    assert issubclass(DirectoryStorage, SupportsPurge)
+    assert issubclass(RedisStorage, SupportsTouch)
+    assert not issubclass(BytesStorage, ConditionalStorage)
+    assert not issubclass(MemoryStorage, SupportsTouch)

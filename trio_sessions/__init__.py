@@ -6,7 +6,10 @@ from ._abc import DEFAULT_MAX_SIZE as DEFAULT_MAX_SIZE
 from ._abc import ConditionalStorage as ConditionalStorage
 from ._abc import Consumer as Consumer
 from ._abc import Provider as Provider
+from ._abc import PurgeResult as PurgeResult
 from ._abc import SessionStorage as SessionStorage
+from ._abc import SupportsPurge as SupportsPurge
+from ._abc import SupportsTouch as SupportsTouch
 from ._abc import Versioned as Versioned
 from ._base import ChunkSink as ChunkSink
 from ._base import ChunkSource as ChunkSource
@@ -21,13 +24,13 @@ from ._errors import WriteConflict as WriteConflict
 from ._ids import SESSION_ID_PATTERN as SESSION_ID_PATTERN
 from ._ids import check_session_id as check_session_id
 from ._ids import new_session_id as new_session_id
-from .sessions import CookieOptions as CookieOptions
-from .sessions import JSONSerializer as JSONSerializer
-from .sessions import Serializer as Serializer
-from .sessions import Session as Session
-from .sessions import SessionDataError as SessionDataError
-from .sessions import SessionManager as SessionManager
-from .sessions import SessionNotLoaded as SessionNotLoaded
+from .sessions._cookies import CookieOptions as CookieOptions
+from .sessions._manager import SessionDataError as SessionDataError
+from .sessions._manager import SessionManager as SessionManager
+from .sessions._serializers import JSONSerializer as JSONSerializer
+from .sessions._serializers import Serializer as Serializer
+from .sessions._session import Session as Session
+from .sessions._session import SessionNotLoaded as SessionNotLoaded
 from .storages.bytes import BytesStorage as BytesStorage
 from .storages.cache import CacheStorage as CacheStorage
 from .storages.cache import CacheStorageStatistics as CacheStorageStatistics
@@ -66,6 +69,7 @@ __all__ = [
     "MemoryStorageStatistics",
     "PostgresStorage",
     "Provider",
+    "PurgeResult",
     "RedisStorage",
     "RedisStorageStatistics",
     "Serializer",
@@ -78,6 +82,8 @@ __all__ = [
     "SessionTooLarge",
     "StorageBase",
     "StorageError",
+    "SupportsPurge",
+    "SupportsTouch",
     "TrioSessionsError",
     "Versioned",
     "WriteConflict",

@@ -5,7 +5,7 @@ from __future__ import annotations
 from abc import abstractmethod
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import TypeVar, final
+from typing import Protocol, TypeVar, final, runtime_checkable
 
 import trio
 
@@ -13,7 +13,10 @@ __all__ = [
     "ConditionalStorage",
     "Consumer",
     "Provider",
+    "PurgeResult",
     "SessionStorage",
+    "SupportsPurge",
+    "SupportsTouch",
     "Versioned",
     "conditional",
 ]
@@ -149,3 +152,39 @@ def conditional(storage: SessionStorage) -> ConditionalStorage | None:
     if isinstance(storage, ConditionalStorage) and storage.conditional_writes:
         return storage
     return None
+
+
+@final
+@dataclass(frozen=True, slots=True)
+class PurgeResult:
+    """What a storage's ``purge()`` removed (every storage that purges returns one)."""
+
+    #: Expired sessions.
+    expired: int
+    #: Unreadable session records (truncated, corrupted, or of an unknown format).
+    corrupt: int = 0
+    #: Temporary files or keys: writes in progress, or debris of a crash.
+    temporary: int = 0
+    #: Empty folders (`DirectoryStorage`'s fan-out).
+    folders: int = 0
+
+
+@runtime_checkable
+class SupportsPurge(Protocol):
+    """A storage that removes expired data on demand (run it from a timer or cron job).
+
+    `MemoryStorage`, `DirectoryStorage` and `PostgresStorage` have it; Redis expires keys
+    by itself.
+    """
+
+    async def purge(self) -> PurgeResult: ...
+
+
+@runtime_checkable
+class SupportsTouch(Protocol):
+    """A storage that moves a session's expiry without rewriting its value (`RedisStorage`).
+
+    Returns whether the session exists; touching never recreates one.
+    """
+
+    async def touch(self, session_id: str, ttl: float) -> bool: ...

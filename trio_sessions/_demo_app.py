@@ -35,7 +35,9 @@ from quart_trio import QuartTrio
 
 from ._abc import SessionStorage
 from .quart import current_session, init_app
-from .sessions import CookieOptions, Session, SessionManager
+from .sessions._cookies import CookieOptions
+from .sessions._manager import SessionManager
+from .sessions._session import Session
 
 __all__ = [
     "DEMO_ABSOLUTE_TIMEOUT",

@@ -35,15 +35,9 @@ import trio
 from ._abc import SessionStorage
 from ._base import collapsed_errors
 from ._errors import UNAVAILABLE
-from .sessions import (
-    UNOPENED,
-    Session,
-    SessionDataError,
-    SessionManager,
-    StorageSource,
-    check_source,
-    open_storage_source,
-)
+from .sessions._lifecycle import UNOPENED, StorageSource, check_source, open_storage_source
+from .sessions._manager import SessionDataError, SessionManager
+from .sessions._session import Session
 from .sessions._web import Autoload, autoload_policy, check_trio, probe, response_headers
 
 __all__ = ["SessionMiddleware", "load_session"]

@@ -39,15 +39,9 @@ except ImportError as exc:  # pragma: no cover - depends on the environment
 
 from ._abc import SessionStorage
 from ._errors import UNAVAILABLE
-from .sessions import (
-    UNOPENED,
-    Session,
-    SessionDataError,
-    SessionManager,
-    StorageSource,
-    check_source,
-    open_storage_source,
-)
+from .sessions._lifecycle import UNOPENED, StorageSource, check_source, open_storage_source
+from .sessions._manager import SessionDataError, SessionManager
+from .sessions._session import Session
 from .sessions._web import Autoload, autoload_policy, probe, response_headers
 
 if TYPE_CHECKING:

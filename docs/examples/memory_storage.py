@@ -12,7 +12,7 @@ async def main() -> None:
             await storage.write_bytes(sid, b"{}", ttl=1800)
         # Beyond max_entries the least recently used session went.
         print(storage.statistics())
-        print("expired sessions removed:", await storage.purge())
+        print("expired sessions removed:", (await storage.purge()).expired)
 
 
 if __name__ == "__main__":

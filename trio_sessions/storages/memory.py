@@ -22,7 +22,7 @@ from typing import TypeVar, final
 import trio
 from trio.lowlevel import cancel_shielded_checkpoint, checkpoint_if_cancelled
 
-from .._abc import DEFAULT_MAX_SIZE, Consumer, Provider, Versioned
+from .._abc import DEFAULT_MAX_SIZE, Consumer, Provider, PurgeResult, Versioned
 from .._base import ConditionalBase, _check_version, check_ttl
 from .._errors import SessionNotFound, WriteConflict
 from .._ids import check_session_id, checked_ids
@@ -136,8 +136,8 @@ class MemoryStorage(ConditionalBase):
             evictions=self._evictions,
         )
 
-    async def purge(self) -> int:
-        """Remove every expired session now; return how many were removed."""
+    async def purge(self) -> PurgeResult:
+        """Remove every expired session now; say how many were removed."""
         await trio.lowlevel.checkpoint()
         before = self._expirations
         now = self._clock()
@@ -155,7 +155,7 @@ class MemoryStorage(ConditionalBase):
                 else:
                     keep.append(session_id)
             self._buckets[second][:] = keep
-        return self._expirations - before
+        return PurgeResult(expired=self._expirations - before)
 
     # ------------------------------------------------------------ public API
 
