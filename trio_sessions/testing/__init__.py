@@ -40,6 +40,7 @@ from .._base import StorageBase as _StorageBase
 from ._checks import CHECKS, ManualClock, StorageFactory
 from ._checks import Context as _Context
 from ._checks import NotApplicable as _NotApplicable
+from ._context import read_all
 
 __all__ = [
     "CHECKS",
@@ -49,6 +50,7 @@ __all__ = [
     "StorageConformance",
     "StorageFactory",
     "check_storage",
+    "read_all",
 ]
 
 
