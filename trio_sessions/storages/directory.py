@@ -575,8 +575,8 @@ class DirectoryStorage(ConditionalBase):
         levels = [(root, root), (name[:2], path[:-3]), (name[2:4], path)]
         fd: int | None = None
         try:
-            for folder, path in levels:
-                fd = _open_dir(folder, fd, path, create, self._fsync)
+            for folder, folder_path in levels:
+                fd = _open_dir(folder, fd, folder_path, create, self._fsync)
                 if fd is None:
                     place.close()
                     return None
@@ -584,7 +584,7 @@ class DirectoryStorage(ConditionalBase):
                 if place.root < 0:
                     place.root = fd
                     if size is not None:
-                        self._precheck(fd, name, size)
+                        self._precheck(fd, name, place.path, size)
         except BaseException:
             place.close(quiet=True)
             raise
@@ -633,7 +633,7 @@ class DirectoryStorage(ConditionalBase):
             )
         return None
 
-    def _precheck(self, root_fd: int, name: str, size: int) -> None:
+    def _precheck(self, root_fd: int, name: str, path: str, size: int) -> None:
         """Refuse early (before making any folder) a write the quota will refuse."""
         try:
             fd = os.open(_QUOTA_FILE, _LEDGER & ~os.O_RDWR, dir_fd=root_fd)
@@ -647,10 +647,10 @@ class DirectoryStorage(ConditionalBase):
             return
         old = None  # near the quota: does the write replace a session?
         with ExitStack() as fds:
-            top = _open_dir(name[:2], root_fd, self._root, False, False)
+            top = _open_dir(name[:2], root_fd, path[:-3], False, False)
             if top is not None:
                 fds.callback(os.close, top)
-                leaf = _open_dir(name[2:4], top, self._root, False, False)
+                leaf = _open_dir(name[2:4], top, path, False, False)
                 if leaf is not None:
                     fds.callback(os.close, leaf)
                     old = _file_size(leaf, name)
