@@ -224,8 +224,7 @@ def _purge(args: argparse.Namespace) -> int:
     from .storages.postgres import open_postgres_storage
 
     try:
-        import asyncpg  # noqa: F401
-        import trio_asyncio  # noqa: F401
+        import psycopg  # noqa: F401
     except ImportError as exc:
         raise MissingExtra("purging PostgreSQL", "postgres", exc) from None
 
