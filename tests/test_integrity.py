@@ -29,9 +29,11 @@ from trio_sessions import (
     SessionStorage,
     StorageError,
 )
+from trio_sessions.storages.postgres import open_postgres_storage
 from trio_sessions.storages.redis import open_redis_storage
 
 from .dict_storage import CheckThenWriteStorage
+from .pg_server import postgres_server
 from .redis_servers import redis_server, require_module, require_server_binary
 from .spy_storage import DELETES, READS, WRITES, PlainSpy, Spy, disk_full
 
@@ -503,6 +505,27 @@ async def test_random_interleavings_on_redis(
 ) -> None:
     with trio.fail_after(60):
         async with open_redis_storage(integrity_redis, driver="glide") as storage:
+            record(await _interleaving(storage, plan, pauses, faults), faults)
+
+
+@pytest.fixture(scope="module")
+def integrity_postgres() -> Iterator[str]:
+    require_module("psycopg")
+    with postgres_server() as server:
+        yield server.dsn
+
+
+@settings(max_examples=BACKEND_EXAMPLES, deadline=None, suppress_health_check=list(HealthCheck))
+@given(
+    plan=requests(),
+    pauses=st.lists(st.integers(0, 4), max_size=40),
+    faults=st.lists(FAULTS, max_size=20),
+)
+async def test_random_interleavings_on_postgres(
+    integrity_postgres: str, plan: list[list[Step]], pauses: list[int], faults: list[str | None]
+) -> None:
+    with trio.fail_after(60):
+        async with open_postgres_storage(integrity_postgres, max_connections=4) as storage:
             record(await _interleaving(storage, plan, pauses, faults), faults)
 
 
