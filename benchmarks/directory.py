@@ -38,9 +38,12 @@ lock waits cost no CPU, so they show in throughput only. ``--lock-seconds`` sets
 time per cell, and ``--lock-repeats`` how many times each runs (interleaved; the median
 is shown).
 
-Run: ``python benchmarks/directory.py [--ops N] [--repeats R] [--seconds S] [--payload B]
-[--lock-seconds S] [--lock-repeats N] [--lock-fsync] [--only-locks]`` (needs the ``bench`` extra for
-cachelib and diskcache).
+The candidates of parts 1 and 2 are the benchmark suite's (`benchmarks.suite._targets`),
+and so is the raw sequence, which writes a header of DirectoryStorage's size.
+
+Run: ``python -m benchmarks.directory [--ops N] [--repeats R] [--seconds S] [--payload B]
+[--lock-seconds S] [--lock-repeats N] [--lock-fsync] [--only-locks]`` (needs the ``bench``
+extra for cachelib and diskcache).
 """
 
 from __future__ import annotations
@@ -48,209 +51,81 @@ from __future__ import annotations
 import argparse
 import contextlib
 import fcntl
-import hashlib
-import importlib
 import multiprocessing
 import os
 import random
 import secrets
 import shutil
 import statistics
-import struct
 import tempfile
 import time
-from collections.abc import Awaitable, Callable
 from typing import Any
 
 import trio
 
-from trio_sessions import DirectoryStorage
+from trio_sessions import DirectoryStorage, SessionNotFound, WriteConflict
+
+from .suite import _targets as t
+from .suite._core import Target, heartbeat_lateness, percentile
 
 IDS = [f"benchmark-session-{n:02d}-{'x' * 20}" for n in range(64)]
-HEADER = bytes(28)
-FLAGS = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC
-
-
-# ----------------------------------------------------- the raw one-hop sequence
-
-
-def raw_path(root: str, session_id: str) -> tuple[str, str]:
-    name = hashlib.blake2b(session_id.encode(), digest_size=32).hexdigest()
-    directory = os.path.join(root, name[:2], name[2:4])
-    return directory, os.path.join(directory, name)
-
-
-def raw_write(root: str, session_id: str, data: bytes, fsync: bool) -> None:
-    directory, path = raw_path(root, session_id)
-    temp = os.path.join(directory, f".{secrets.token_hex(8)}.tmp")
-    try:
-        fd = os.open(temp, FLAGS, 0o600)
-    except FileNotFoundError:
-        os.makedirs(directory, exist_ok=True)
-        fd = os.open(temp, FLAGS, 0o600)
-    try:
-        os.write(fd, HEADER)
-        os.write(fd, data)
-        if fsync:
-            os.fsync(fd)
-    finally:
-        os.close(fd)
-    os.replace(temp, path)
-    if fsync:
-        dir_fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY)
-        try:
-            os.fsync(dir_fd)
-        finally:
-            os.close(dir_fd)
-
-
-def raw_read(root: str, session_id: str) -> bytes:
-    fd = os.open(raw_path(root, session_id)[1], os.O_RDONLY | os.O_CLOEXEC)
-    try:
-        os.fstat(fd)
-        os.read(fd, len(HEADER))
-        return os.read(fd, 1 << 20)
-    finally:
-        os.close(fd)
-
 
 # ------------------------------------------------------------------ candidates
 
-Op = Callable[[str], Awaitable[object]]
 
-
-class Candidate:
-    """A way to write and read the payload, over a fresh directory."""
-
-    def __init__(self, name: str, payload: bytes, make: Callable[[str, bytes], tuple[Op, Op]]):
-        self.name, self.payload, self.make = name, payload, make
-
-    def open(self) -> tuple[str, Op, Op]:
-        root = tempfile.mkdtemp(prefix="bench-directory-")
-        write, read = self.make(root, self.payload)
-        return root, write, read
-
-
-def directory(fsync: bool) -> Callable[[str, bytes], tuple[Op, Op]]:
-    def make(root: str, payload: bytes) -> tuple[Op, Op]:
-        storage = DirectoryStorage(root, fsync=fsync)
-        return (lambda sid: storage.write_bytes(sid, payload)), storage.read_bytes
-
-    return make
-
-
-def raw(fsync: bool) -> Callable[[str, bytes], tuple[Op, Op]]:
-    def make(root: str, payload: bytes) -> tuple[Op, Op]:
-        limiter = trio.CapacityLimiter(8)
-
-        async def write(sid: str) -> None:
-            await trio.to_thread.run_sync(raw_write, root, sid, payload, fsync, limiter=limiter)
-
-        async def read(sid: str) -> bytes:
-            return await trio.to_thread.run_sync(raw_read, root, sid, limiter=limiter)
-
-        return write, read
-
-    return make
-
-
-def peer(kind: str, hop: bool) -> Callable[[str, bytes], tuple[Op, Op]]:
-    def make(root: str, payload: bytes) -> tuple[Op, Op]:
-        cache: Any
-        if kind == "cachelib":
-            cachelib: Any = importlib.import_module("cachelib")
-            cache = cachelib.FileSystemCache(root, threshold=0, default_timeout=0)
-        else:
-            diskcache: Any = importlib.import_module("diskcache")
-            cache = diskcache.Cache(root)
-        limiter = trio.CapacityLimiter(8)
-
-        async def write(sid: str) -> None:
-            if hop:
-                await trio.to_thread.run_sync(cache.set, sid, payload, limiter=limiter)
-            else:
-                cache.set(sid, payload)
-                await trio.lowlevel.checkpoint()
-
-        async def read(sid: str) -> object:
-            if hop:
-                return await trio.to_thread.run_sync(cache.get, sid, limiter=limiter)
-            value = cache.get(sid)
-            await trio.lowlevel.checkpoint()
-            return value
-
-        return write, read
-
-    return make
+def candidates() -> dict[str, Target]:
+    """Every case of parts 1 and 2 by its name; the storages' files in a new temporary
+    directory each time a case is opened."""
+    return {
+        "directory fsync=on": t.directory_storage(True, None),
+        "raw one-hop fsync=on": t.raw_files(True, None),
+        "directory fsync=off": t.directory_storage(False, None),
+        "raw one-hop fsync=off": t.raw_files(False, None),
+        "cachelib one hop": t.file_cache("cachelib", None),
+        "cachelib on loop": t.file_cache("cachelib", None, on_loop=True),
+        "diskcache one hop": t.file_cache("diskcache", None),
+        "diskcache on loop": t.file_cache("diskcache", None, on_loop=True),
+    }
 
 
 # ------------------------------------------------------------------ measuring
 
 
-def per_op(candidate: Candidate, ops: int, which: str) -> float:
+def per_op(name: str, target: Target, payload: bytes, ops: int, which: str) -> float:
     """Microseconds per write (or per read of written ids), one task, one trio.run."""
-    root, write, read = candidate.open()
 
     async def main() -> float:
-        for sid in IDS:
-            await write(sid)
-        fn = write if which == "write" else read
-        count = ops // 5 if which == "write" and "fsync=on" in candidate.name else ops
-        start = time.perf_counter()
-        for n in range(count):
-            await fn(IDS[n % len(IDS)])
-        return (time.perf_counter() - start) / count * 1e6
-
-    try:
-        return trio.run(main)
-    finally:
-        shutil.rmtree(root, ignore_errors=True)
-
-
-def lateness(candidate: Candidate | None, seconds: float) -> list[float]:
-    """Lateness (ms) of a 1 ms sleep loop while 8 tasks hammer *candidate* (or nothing)."""
-    root, write, read = candidate.open() if candidate else ("", None, None)
-    late: list[float] = []
-
-    async def hammer(seed: int, stop: trio.Event) -> None:
-        assert write is not None
-        assert read is not None
-        rng = random.Random(seed)
-        for _ in range(1_000_000):  # bounded by count as well as by time
-            if stop.is_set():
-                return
-            sid = rng.choice(IDS)
-            await write(sid)
-            await read(sid)
-
-    async def main() -> None:
-        if write is not None:
+        async with target.open() as candidate:
             for sid in IDS:
-                await write(sid)
-        stop = trio.Event()
-        async with trio.open_nursery() as nursery:
-            if write is not None:
-                for seed in range(8):
-                    nursery.start_soon(hammer, seed, stop)
-            deadline = trio.current_time() + seconds
-            while trio.current_time() < deadline:
-                start = trio.current_time()
-                await trio.sleep(0.001)
-                late.append((trio.current_time() - start - 0.001) * 1000)
-            stop.set()
+                await candidate.write(sid, payload)
+            fn = candidate.write if which == "write" else candidate.read
+            args = (payload,) if which == "write" else ()
+            count = ops // 5 if which == "write" and "fsync=on" in name else ops
+            start = time.perf_counter()
+            for n in range(count):
+                await fn(IDS[n % len(IDS)], *args)
+            return (time.perf_counter() - start) / count * 1e6
 
-    try:
-        trio.run(main)
-    finally:
-        if root:
-            shutil.rmtree(root, ignore_errors=True)
-    return late
+    return trio.run(main)
+
+
+def lateness(target: Target | None, payload: bytes, seconds: float) -> list[float]:
+    """Lateness (ms) of a 1 ms sleep loop while 8 tasks hammer *target* (or nothing)."""
+
+    async def main() -> list[float]:
+        if target is None:
+            return await heartbeat_lateness(None, IDS, payload, tasks=0, seconds=seconds)
+        async with target.open() as candidate:
+            for sid in IDS:
+                await candidate.write(sid, payload)
+            return await heartbeat_lateness(candidate, IDS, payload, tasks=8, seconds=seconds)
+
+    return trio.run(main)
 
 
 # ------------------------------------------------------- locking across processes
 
 LOCK_IDS = [f"locked-session-{n:02d}" for n in range(16)]
-VERSION = struct.Struct(">Q")  # at offset 16 of the header, as DirectoryStorage writes it
 LOCK_VARIANTS = ["no lock", "folder flock", "folder flock, whole write", "lock file"]
 
 
@@ -260,7 +135,7 @@ def stored_version(directory: str, name: str) -> int | None:
     except FileNotFoundError:
         return None
     try:
-        return int(VERSION.unpack_from(os.read(fd, 36), 16)[0])
+        return t.header_version(os.read(fd, t.HEADER_SIZE))
     finally:
         os.close(fd)
 
@@ -275,7 +150,6 @@ def flocked(path: str, flags: int) -> Any:
         os.close(fd)
 
 
-FOLDER = os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC
 LOCK_FILE = os.O_RDWR | os.O_CREAT | os.O_CLOEXEC
 
 
@@ -283,14 +157,14 @@ def locked_write(
     variant: str, root: str, sid: str, data: bytes, cas: bool, fsync: bool = False
 ) -> None:
     """One plain write or compare-and-set of *sid* with the raw calls, locked per *variant*."""
-    directory, path = raw_path(root, sid)
+    directory, path = t.raw_path(root, sid)
     name = os.path.basename(path)
     expected = stored_version(directory, name) if cas else None
-    header = bytes(16) + VERSION.pack(random.getrandbits(63)) + bytes(12)
+    header = t.raw_header(random.getrandbits(63) or 1)
     whole = variant == "folder flock, whole write"
-    with flocked(directory, FOLDER) if whole else contextlib.nullcontext():
+    with flocked(directory, t.FOLDER) if whole else contextlib.nullcontext():
         temp = os.path.join(directory, f".{secrets.token_hex(8)}.tmp")
-        fd = os.open(temp, FLAGS, 0o600)
+        fd = os.open(temp, t.CREATE, 0o600)
         try:
             os.write(fd, header + data)
             if fsync:
@@ -298,7 +172,7 @@ def locked_write(
         finally:
             os.close(fd)
         if variant == "folder flock":
-            lock: Any = flocked(directory, FOLDER)
+            lock: Any = flocked(directory, t.FOLDER)
         elif variant == "lock file":
             lock = flocked(path + ".lock", LOCK_FILE)
         else:
@@ -309,15 +183,7 @@ def locked_write(
                 return
             os.replace(temp, path)
         if fsync:
-            sync_directory(directory)
-
-
-def sync_directory(directory: str) -> None:
-    fd = os.open(directory, FOLDER)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
+            t.sync_directory(directory)
 
 
 def lock_worker(
@@ -347,8 +213,6 @@ def cpu_seconds() -> float:
 async def storage_worker(
     root: str, cas: bool, seconds: float, fsync: bool, rng: random.Random, payload: bytes
 ) -> int:
-    from trio_sessions import SessionNotFound, WriteConflict
-
     storage = DirectoryStorage(root, fsync=fsync)
     ops, deadline = 0, time.monotonic() + seconds
     while time.monotonic() < deadline:
@@ -429,11 +293,6 @@ def locking(seconds: float, repeats: int, fsync: bool) -> None:
         print(f"{label:<44}{cells[0]:>17}{cells[1]:>17}{ratios:>20}")
 
 
-def percentile(values: list[float], p: float) -> float:
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, int(p / 100 * len(ordered)))]
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument(
@@ -451,26 +310,18 @@ def main() -> None:
         locking(args.lock_seconds, args.lock_repeats, args.lock_fsync)
         return
     payload = bytes(range(256)) * (args.payload // 256) + b"p" * (args.payload % 256)
-    cases = {
-        "directory fsync=on": directory(True),
-        "raw one-hop fsync=on": raw(True),
-        "directory fsync=off": directory(False),
-        "raw one-hop fsync=off": raw(False),
-        "cachelib one hop": peer("cachelib", True),
-        "cachelib on loop": peer("cachelib", False),
-        "diskcache one hop": peer("diskcache", True),
-        "diskcache on loop": peer("diskcache", False),
-    }
-    candidates = {name: Candidate(name, payload, make) for name, make in cases.items()}
+    cases = candidates()
     figures: dict[tuple[str, str], list[float]] = {}
     for _ in range(args.repeats):
         for which in ("write", "read"):
-            for name, candidate in candidates.items():
-                figures.setdefault((name, which), []).append(per_op(candidate, args.ops, which))
+            for name, target in cases.items():
+                figures.setdefault((name, which), []).append(
+                    per_op(name, target, payload, args.ops, which)
+                )
     med = {key: statistics.median(values) for key, values in figures.items()}
     print(f"payload {len(payload)} bytes, {args.ops} ops x {args.repeats} repeats, one task")
     print(f"{'case':<24}{'write us/op':>12}{'read us/op':>12}")
-    for name in candidates:
+    for name in cases:
         print(f"{name:<24}{med[name, 'write']:>12.1f}{med[name, 'read']:>12.1f}")
     print()
     for setting in ("on", "off"):
@@ -484,7 +335,7 @@ def main() -> None:
     print()
     print(f"event-loop lateness of a 1 ms sleep loop, 8 tasks writing+reading, {args.seconds:g} s")
     print(f"{'case':<24}{'p50 ms':>9}{'p99 ms':>9}{'max ms':>9}{'samples':>9}")
-    rows: dict[str, list[float]] = {"idle (no load)": lateness(None, args.seconds)}
+    rows: dict[str, list[float]] = {"idle (no load)": lateness(None, payload, args.seconds)}
     for name in (
         "directory fsync=on",
         "raw one-hop fsync=on",
@@ -493,7 +344,7 @@ def main() -> None:
         "cachelib on loop",
         "diskcache on loop",
     ):
-        rows[name] = lateness(candidates[name], args.seconds)
+        rows[name] = lateness(cases[name], payload, args.seconds)
     for name, late in rows.items():
         p50, p99 = percentile(late, 50), percentile(late, 99)
         print(f"{name:<24}{p50:>9.3f}{p99:>9.3f}{max(late):>9.3f}{len(late):>9}")

@@ -23,7 +23,7 @@ run (CPU time of this process, so that other processes on a busy machine count l
 Candidates run in alternating order, in rounds of a fresh ``trio.run`` each; ratios are
 the medians of the ratios within each round.
 
-Run: ``python benchmarks/memory.py [--iterations N] [--rounds R] [--flood]``
+Run: ``python -m benchmarks.memory [--iterations N] [--rounds R] [--flood]``
 """
 
 from __future__ import annotations
@@ -32,8 +32,6 @@ import argparse
 import gc
 import secrets
 import statistics
-import subprocess
-import sys
 import time
 import tracemalloc
 from collections.abc import Awaitable, Callable
@@ -42,6 +40,8 @@ import trio
 from trio.lowlevel import checkpoint
 
 from trio_sessions import MemoryStorage
+
+from .suite._core import read_all, run_child
 
 PAYLOAD = bytes(range(256)) * 4  # 1 KiB
 SESSION_ID = "benchmark-session-0123456789abcdef0123456789abc"
@@ -82,15 +82,9 @@ async def stream_pair(n: int) -> None:
     async def provider(stream: trio.abc.SendStream) -> None:
         await stream.send_all(PAYLOAD)
 
-    async def consumer(stream: trio.abc.ReceiveStream) -> bytes:
-        parts = []
-        while chunk := await stream.receive_some():
-            parts.append(chunk)
-        return b"".join(parts)
-
     for _ in range(n):
         await storage.write(SESSION_ID, provider)
-        value = await storage.read(SESSION_ID, consumer)
+        value = await storage.read(SESSION_ID, read_all)
         assert value == PAYLOAD
 
 
@@ -178,9 +172,8 @@ def _held(kind: str, count: int) -> float:
 def footprint(count: int) -> None:
     figures = {}
     for kind in ("dict", "ttl", "no ttl"):
-        command = [sys.executable, __file__, "--held", kind, "--count", str(count)]
-        done = subprocess.run(command, capture_output=True, text=True, check=True)
-        figures[kind] = float(done.stdout.strip().splitlines()[-1])
+        output = run_child("benchmarks.memory", "--held", kind, "--count", str(count), what=kind)
+        figures[kind] = float(output)
     print(f"\nmemory per 1 KiB session ({count:,} sessions, tracemalloc):")
     print(f"  dict of ids and payloads        {figures['dict']:>7,.0f} B")
     for kind, note in (("ttl", "  (goal <= 1,300 B)"), ("no ttl", "")):

@@ -20,43 +20,36 @@ All on one private server (no persistence) unless ``--url`` names one. Prints:
 Every ratio compares figures of the same run; cases are interleaved, so that drift on a
 shared machine affects them alike, and the medians of the repeats are compared.
 
-Run: ``python benchmarks/redis.py [--pairs N] [--repeats R] [--cancels N] [--url ...]``
+Run from the repository's root, as a module (run as a file, this file would stand in for
+redis-py's package, which the peer imports):
+``python -m benchmarks.redis [--pairs N] [--repeats R] [--cancels N] [--url ...]``
 """
 
 from __future__ import annotations
 
-import sys
-from pathlib import Path
+import argparse
+import asyncio
+import contextlib
+import hashlib
+import importlib
+import json
+import os
+import random
+import resource
+import statistics
+import time
+import urllib.parse
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from typing import Any
 
-# This file is named like redis-py's package (which the peer imports): keep its folder
-# off the import path, and put the project's root on it for the tests' server helper.
-_HERE = Path(__file__).resolve().parent
-sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != _HERE]
-sys.path.insert(0, str(_HERE.parent))
+import trio
 
-import argparse  # noqa: E402
-import asyncio  # noqa: E402
-import contextlib  # noqa: E402
-import csv  # noqa: E402
-import hashlib  # noqa: E402
-import importlib  # noqa: E402
-import io  # noqa: E402
-import json  # noqa: E402
-import os  # noqa: E402
-import random  # noqa: E402
-import resource  # noqa: E402
-import shutil  # noqa: E402
-import statistics  # noqa: E402
-import subprocess  # noqa: E402
-import time  # noqa: E402
-import urllib.parse  # noqa: E402
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator  # noqa: E402
-from typing import Any  # noqa: E402
+from trio_sessions import RedisStorage, WriteConflict, open_redis_storage
+from trio_sessions.storages.redis import RedisStorageStatistics
+from trio_sessions.testing.servers import redis_server
 
-import trio  # noqa: E402
-
-from trio_sessions import RedisStorage, WriteConflict, open_redis_storage  # noqa: E402
-from trio_sessions.storages.redis import RedisStorageStatistics  # noqa: E402
+from .suite import _servers
+from .suite._core import run_child
 
 PAYLOAD = bytes(range(256)) * 4  # 1 KiB
 TTL = 1800
@@ -71,8 +64,6 @@ def server(url: str | None) -> Iterator[str]:
     if url:
         yield url
         return
-    from tests.redis_servers import redis_server
-
     with redis_server() as private:
         yield private.url
 
@@ -378,14 +369,8 @@ def rss_child(url: str, driver: str) -> None:
 
 
 def rss(url: str, driver: str) -> dict[str, float]:
-    output = subprocess.run(
-        [sys.executable, __file__, "--rss-child", driver, "--url", url],
-        check=True,
-        capture_output=True,
-        text=True,
-        timeout=600,
-    ).stdout
-    figures: dict[str, float] = json.loads(output.strip().splitlines()[-1])
+    output = run_child("benchmarks.redis", "--rss-child", driver, "--url", url, what="rss")
+    figures: dict[str, float] = json.loads(output)
     return figures
 
 
@@ -393,39 +378,17 @@ def rss(url: str, driver: str) -> dict[str, float]:
 
 
 def redis_benchmark(url: str, requests: int) -> dict[str, float] | None:
-    binary = shutil.which("redis-benchmark") or shutil.which("valkey-benchmark")
-    if binary is None:
-        return None
     parts = urllib.parse.urlsplit(url)
+    host, port = parts.hostname or "127.0.0.1", parts.port or 6379
     figures = {}
     for clients in (1, TASKS):
-        output = subprocess.run(
-            [
-                binary,
-                "-h",
-                parts.hostname or "127.0.0.1",
-                "-p",
-                str(parts.port or 6379),
-                "-t",
-                "set,get",
-                "-d",
-                "1024",
-                "-n",
-                str(requests),
-                "-c",
-                str(clients),
-                "--csv",
-            ],
-            check=True,
-            capture_output=True,
-            text=True,
-            timeout=600,
-        ).stdout
-        rows = {
-            row[0]: float(row[1]) for row in csv.reader(io.StringIO(output)) if row[0] != "test"
-        }
-        figures[f"SET rps c={clients}"] = rows["SET"]
-        figures[f"GET rps c={clients}"] = rows["GET"]
+        rps = _servers.redis_benchmark(
+            port, host=host, clients=clients, requests=requests, size=len(PAYLOAD)
+        )
+        if not rps:
+            return None
+        figures[f"SET rps c={clients}"] = rps["SET"]
+        figures[f"GET rps c={clients}"] = rps["GET"]
     return figures
 
 

@@ -21,7 +21,7 @@ session per connection) sends a fixed number of requests per connection and repo
 requests per second. Variants are interleaved within each repeat so drift affects all
 alike; ratios are against the cookie baseline measured in the same run (goal >= 0.8x).
 
-Run: ``python benchmarks/web.py [--requests N] [--connections C] [--repeats R] [--mix F]
+Run: ``python -m benchmarks.web [--requests N] [--connections C] [--repeats R] [--mix F]
 [--variants cookie,directory,redis] [--code DIR]``
 """
 

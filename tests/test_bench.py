@@ -1,24 +1,32 @@
-"""``trio-sessions bench`` runs end to end and writes results a reader can use.
+"""The benchmark suite (``python -m benchmarks.suite``) runs end to end and writes
+results a reader can use.
 
 Only the shape of the results is checked here, never a timing: the figures themselves
-are for people to read (see docs/benchmarks.rst).
+are for people to read (see docs/benchmarks.rst). The suite lives in the repository, not
+in the package: it runs from the repository's root, as a module.
 """
 
 from __future__ import annotations
 
+import ast
 import importlib.util
 import json
 import os
+import re
 import subprocess
 import sys
+from collections.abc import Sequence
 from pathlib import Path
 
 import pytest
 
-from trio_sessions._bench._core import Progress, Results
-from trio_sessions._bench._plan import SECTIONS as PLAN_SECTIONS
-from trio_sessions._bench._sections import BUILDERS
-from trio_sessions._cli import main
+from benchmarks.suite._command import main
+from benchmarks.suite._core import Progress, Results
+from benchmarks.suite._plan import SECTIONS as PLAN_SECTIONS
+from benchmarks.suite._sections import BUILDERS
+
+#: The repository's root: the suite runs from there, as ``python -m benchmarks.suite``.
+ROOT = Path(__file__).resolve().parent.parent
 
 TOP_KEYS = {
     "schema",
@@ -61,16 +69,29 @@ SECTIONS = {
 }
 
 
-def test_bench_smoke_writes_json_markdown_and_charts(tmp_path: Path) -> None:
-    output = tmp_path / "results"
-    command = ["bench", "--smoke", "--no-postgres", "--output", str(output), "--tmp", str(tmp_path)]
-    result = subprocess.run(
-        [sys.executable, "-m", "trio_sessions", *command],
+def run_suite(args: Sequence[str], *, prelude: str = "") -> subprocess.CompletedProcess[str]:
+    """``python -m benchmarks.suite ARGS`` from the repository's root (after *prelude*,
+    Python run first in the same process, when given)."""
+    if prelude:
+        code = f"{prelude}\nimport runpy\nrunpy.run_module('benchmarks.suite', run_name='__main__')"
+        argv = ["-c", code]
+    else:
+        argv = ["-m", "benchmarks.suite"]
+    return subprocess.run(
+        [sys.executable, *argv, *args],
+        cwd=ROOT,
         capture_output=True,
         text=True,
         timeout=120,  # a hang fails here; the run itself takes seconds
         check=False,
         env={**os.environ, "MPLBACKEND": "Agg"},
+    )
+
+
+def test_bench_smoke_writes_json_markdown_and_charts(tmp_path: Path) -> None:
+    output = tmp_path / "results"
+    result = run_suite(
+        ["--smoke", "--no-postgres", "--output", str(output), "--tmp", str(tmp_path)]
     )
     assert result.returncode == 0, result.stderr[-3000:]
     assert "pairs: memory" in result.stderr  # the progress lines
@@ -79,7 +100,7 @@ def test_bench_smoke_writes_json_markdown_and_charts(tmp_path: Path) -> None:
     data = json.loads((output / "results.json").read_text())
     assert data.keys() >= TOP_KEYS
     assert data["mode"] == "smoke"
-    assert data["command"].startswith("trio-sessions bench --smoke")
+    assert data["command"].startswith("python -m benchmarks.suite --smoke")
     machine = data["machine"]
     for key in ("cores", "python", "packages", "load_average_start", "load_average_end"):
         assert key in machine
@@ -119,34 +140,50 @@ def test_every_section_has_its_steps() -> None:
     assert tuple(BUILDERS) == PLAN_SECTIONS
 
 
-def test_bench_refuses_an_unknown_section(capsys: pytest.CaptureFixture[str]) -> None:
+USAGE_ERRORS = [
+    (
+        ["--only", "nope"],
+        "error: argument --only: invalid choice: 'nope' (choose from "
+        "'pairs', 'sessions', 'payload', 'concurrency', 'footprint', 'lateness')",
+    ),
+    (["--tmp", "no-such-directory"], "error: --tmp 'no-such-directory' is not a directory"),
+    (["--quick", "--full"], "error: argument --full: not allowed with argument --quick"),
+]
+
+
+@pytest.mark.parametrize(("argv", "message"), USAGE_ERRORS)
+def test_a_usage_error_exits_with_2(
+    argv: list[str], message: str, capsys: pytest.CaptureFixture[str]
+) -> None:
     with pytest.raises(SystemExit) as exited:
-        main(["bench", "--only", "nope"])
+        main(argv)
     assert exited.value.code == 2
-    assert "argument --only: invalid choice: 'nope'" in capsys.readouterr().err
+    out, err = capsys.readouterr()
+    assert out == ""
+    assert err.startswith("usage: python -m benchmarks.suite")
+    assert f"python -m benchmarks.suite: {message}" in err
 
 
-#: Runs the command line as if the peer libraries were not installed.
+def test_the_help_names_every_section() -> None:
+    result = run_suite(["--help"])
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.startswith("usage: python -m benchmarks.suite")
+    assert ", ".join(PLAN_SECTIONS) in " ".join(result.stdout.split())
+
+
+#: Makes the peer libraries look not installed (an import of one raises ImportError).
 WITHOUT_PEERS = """
 import sys
 for name in ("starsessions", "cachelib", "diskcache"):
-    sys.modules[name] = None  # an import of it raises ImportError
-from trio_sessions._cli import main
-sys.exit(main(sys.argv[1:]))
+    sys.modules[name] = None
 """
 
 
 def test_bench_says_what_it_skipped_and_names_only_the_peers_it_ran(tmp_path: Path) -> None:
     output = tmp_path / "results"
-    command = ["bench", "--smoke", "--only", "pairs", "--no-redis", "--no-postgres"]
+    command = ["--smoke", "--only", "pairs", "--no-redis", "--no-postgres"]
     command += ["--no-charts", "--output", str(output), "--tmp", str(tmp_path)]
-    result = subprocess.run(
-        [sys.executable, "-c", WITHOUT_PEERS, *command],
-        capture_output=True,
-        text=True,
-        timeout=120,  # a hang fails here; the run itself takes seconds
-        check=False,
-    )
+    result = run_suite(command, prelude=WITHOUT_PEERS)
     assert result.returncode == 0, result.stderr[-3000:]
     skipped = [line for line in result.stdout.splitlines() if line.startswith("skipped:")]
     assert skipped == [
@@ -169,9 +206,9 @@ def test_bench_says_what_it_skipped_and_names_only_the_peers_it_ran(tmp_path: Pa
 
 
 def test_a_step_names_the_peers_it_runs() -> None:
-    from trio_sessions._bench._plan import PLANS
-    from trio_sessions._bench._sections import pairs
-    from trio_sessions._bench._suite import Servers, Suite
+    from benchmarks.suite._plan import PLANS
+    from benchmarks.suite._sections import pairs
+    from benchmarks.suite._suite import Servers, Suite
 
     suite = Suite(PLANS["smoke"], Servers(), Results(), None, Progress(0, quiet=True))
     labels = [label for _, label, _ in pairs(suite)]
@@ -189,3 +226,56 @@ def test_ratios_are_taken_against_the_baseline_at_the_same_x() -> None:
     assert figures["mine", 1].median == 10.0
     assert figures["mine", 1].ratio == 0.5
     assert figures["mine", 2].ratio is None  # no baseline measured at x=2
+
+
+# ------------------------------------------------------------------ the layout
+
+
+def _imports(path: Path) -> list[tuple[int, str]]:
+    """Every module *path* imports, and every string that is a dotted module name (for
+    ``importlib.import_module``), with its line."""
+    found = []
+    for node in ast.walk(ast.parse(path.read_text(), str(path))):
+        if isinstance(node, ast.Import):
+            found += [(node.lineno, alias.name) for alias in node.names]
+        elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+            found.append((node.lineno, node.module))
+        elif (
+            isinstance(node, ast.Constant)
+            and isinstance(node.value, str)
+            and re.fullmatch(r"\w+(\.\w+)+", node.value)
+        ):
+            found.append((node.lineno, node.value))
+    return found
+
+
+def _within(name: str, package: str) -> bool:
+    return name == package or name.startswith(package + ".")
+
+
+def test_nothing_in_benchmarks_imports_from_tests_or_patches_the_import_path() -> None:
+    # Every script runs as ``python -m benchmarks.X`` from the root; private servers come
+    # from trio_sessions.testing.servers.
+    found = []
+    for path in sorted((ROOT / "benchmarks").rglob("*.py")):
+        where = path.relative_to(ROOT)
+        for line, name in _imports(path):
+            if _within(name, "tests"):
+                found.append(f"{where}:{line}: {name}")
+        if "sys.path" in path.read_text():
+            found.append(f"{where}: sys.path")
+    assert found == []
+
+
+def test_the_package_holds_no_benchmark_code() -> None:
+    import trio_sessions
+
+    package = Path(trio_sessions.__file__).parent
+    assert not (package / "_bench").exists()
+    found = [
+        f"{path.relative_to(package)}:{line}: {name}"
+        for path in sorted(package.rglob("*.py"))
+        for line, name in _imports(path)
+        if _within(name, "benchmarks")
+    ]
+    assert found == []

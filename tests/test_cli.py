@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from trio_sessions import MemoryStorage
-from trio_sessions._cli import BENCH_SECTIONS, main
+from trio_sessions._cli import main
 from trio_sessions.testing import ManualClock, check_storage
 
 BROKEN = """
@@ -218,21 +218,14 @@ USAGE_ERRORS = [
         "trio-sessions stats: error: 'no-such-directory' is not a directory",
     ),
     (
-        ["bench", "--only", "nope"],
-        "trio-sessions bench: error: argument --only: invalid choice: 'nope' (choose from "
-        "'pairs', 'sessions', 'payload', 'concurrency', 'footprint', 'lateness')",
-    ),
-    (
-        ["bench", "--tmp", "no-such-directory"],
-        "trio-sessions bench: error: --tmp 'no-such-directory' is not a directory",
-    ),
-    (
         ["purge", "--postgres", "postgresql://127.0.0.1:1/x", "--table", "bad name"],
         "trio-sessions purge: error: table must be a plain or schema-qualified SQL name "
         "(letters, digits, _), not 'bad name'",
     ),
     ([], "trio-sessions: error: the following arguments are required: COMMAND"),
     (["nope"], "trio-sessions: error: argument COMMAND: invalid choice: 'nope'"),
+    # The benchmark suite is no command: python -m benchmarks.suite, from a checkout.
+    (["bench"], "trio-sessions: error: argument COMMAND: invalid choice: 'bench'"),
 ]
 
 
@@ -263,10 +256,11 @@ def test_a_missing_extra_exits_with_2_and_says_what_to_install(
 
 # ------------------------------------------------------------------ what loads
 
-#: Imported by no command until it runs: the benchmark suite, the harness (hypothesis),
-#: the demo (Quart), the drivers.
+#: Imported by no command until it runs: the harness (hypothesis), the demo (Quart), the
+#: drivers; and never: the benchmark suite, which is not part of the package.
 HEAVY = {
     "asyncpg",
+    "benchmarks",
     "cachelib",
     "coredis",
     "diskcache",
@@ -281,7 +275,6 @@ HEAVY = {
     "redis",
     "starsessions",
     "trio_asyncio",
-    "trio_sessions._bench",
     "trio_sessions._demo",
     "trio_sessions.testing",
 }
@@ -325,9 +318,3 @@ def test_the_command_line_imports_a_command_only_when_it_runs(argv: list[str]) -
 def test_the_measurement_does_import_what_it_looks_for() -> None:
     # The same measurement sees the harness when a command needs it.
     assert "hypothesis" in imported("-c", "import trio_sessions.testing")
-
-
-def test_the_bench_sections_are_named_without_importing_the_suite() -> None:
-    from trio_sessions._bench import SECTIONS
-
-    assert SECTIONS == BENCH_SECTIONS

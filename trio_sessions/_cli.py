@@ -1,7 +1,8 @@
 """The ``trio-sessions`` command line.
 
 Each command imports what it needs when it runs: ``trio-sessions purge --help`` loads
-neither the benchmark suite nor hypothesis, Quart or a database driver.
+neither hypothesis, Quart nor a database driver. The benchmark suite is not part of the
+package: run it from a checkout with ``python -m benchmarks.suite``.
 """
 
 from __future__ import annotations
@@ -12,21 +13,15 @@ import functools
 import importlib
 import math
 import os
-import shlex
 import shutil
 import sys
 import tempfile
 from collections.abc import Callable, Sequence
-from pathlib import Path
 from typing import Any
 
 import trio
 
 __all__ = ["main"]
-
-#: The sections of ``trio-sessions bench``, named here so that parsing the command line
-#: does not import the suite (a test keeps this equal to ``trio_sessions._bench.SECTIONS``).
-BENCH_SECTIONS = ("pairs", "sessions", "payload", "concurrency", "footprint", "lateness")
 
 
 class UsageError(Exception):
@@ -132,40 +127,6 @@ def _check(args: argparse.Namespace) -> int:
     return 1 if failed else 0
 
 
-def _bench(args: argparse.Namespace) -> int:
-    from ._bench import SECTIONS, run
-
-    if args.tmp is not None and not os.path.isdir(args.tmp):
-        raise UsageError(f"--tmp {args.tmp!r} is not a directory")
-    mode = "quick" if args.quick else "full" if args.full else "smoke" if args.smoke else "default"
-    command = ["trio-sessions", "bench"] + ([f"--{mode}"] if mode != "default" else [])
-    for flag in ("only", "output", "tmp", "no_redis", "no_postgres", "no_charts"):
-        value = getattr(args, flag)
-        if value and value != "bench-results":
-            option = "--" + flag.replace("_", "-")
-            values = value if isinstance(value, list) else [value]
-            command += [option] if value is True else [x for v in values for x in (option, v)]
-    data = run(
-        mode,
-        Path(args.output),
-        sections=args.only or SECTIONS,
-        redis=not args.no_redis,
-        postgres=not args.no_postgres,
-        charts=not args.no_charts,
-        tmp=args.tmp,
-        command=shlex.join(command),
-    )
-    failed = [item for item in data["skipped"] if item["why"].startswith("failed")]
-    skipped = [item for item in data["skipped"] if item not in failed]
-    if skipped:
-        print()
-    for what, why in dict.fromkeys((item["what"], item["why"]) for item in skipped):
-        print(f"skipped: {what} ({why})")
-    for item in failed:
-        print(f"error: {item['what']}: {item['why']}", file=sys.stderr)
-    return 1 if failed else 0
-
-
 def _demo(args: argparse.Namespace) -> int:
     from ._demo import main as demo_main
 
@@ -249,39 +210,6 @@ def _parser() -> argparse.ArgumentParser:
     )
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    bench = commands.add_parser(
-        "bench",
-        help="measure the storages against their limits and peer libraries",
-        description=(
-            "Measure every storage against baselines and peer libraries in one run; write "
-            "results.json, results.md and PNG charts (with the 'bench' extra) to DIR. "
-            "Redis and PostgreSQL run as private servers when their binaries are found. "
-            "The default run takes a few minutes; --quick under a minute."
-        ),
-    )
-    size = bench.add_mutually_exclusive_group()
-    size.add_argument("--quick", action="store_true", help="fewer and shorter measurements")
-    size.add_argument(
-        "--full", action="store_true", help="longer, and up to 1,000,000 stored sessions everywhere"
-    )
-    size.add_argument("--smoke", action="store_true", help="every step once, tiny (for tests)")
-    bench.add_argument(
-        "--output", default="bench-results", metavar="DIR", help="default: %(default)s"
-    )
-    bench.add_argument(
-        "--only",
-        action="append",
-        choices=BENCH_SECTIONS,
-        metavar="SECTION",
-        help=f"measure only this section (repeatable): {', '.join(BENCH_SECTIONS)}",
-    )
-    bench.add_argument("--tmp", metavar="DIR", help="where file storages write (default: TMPDIR)")
-    bench.add_argument("--no-redis", action="store_true", help="do not start a Redis server")
-    bench.add_argument(
-        "--no-postgres", action="store_true", help="do not start a PostgreSQL server"
-    )
-    bench.add_argument("--no-charts", action="store_true", help="write no PNG charts")
-    bench.set_defaults(run=_bench, parser=bench)
     check = commands.add_parser(
         "check",
         help="run the conformance checks against a storage",

@@ -18,14 +18,12 @@ import importlib
 import importlib.util
 import json
 import random
-import subprocess
 import sys
 import time
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
 
-Write = Callable[[str, bytes], Awaitable[object]]
-Read = Callable[[str], Awaitable[object]]
+from ._core import Read, Write, run_child, starsessions_ops
 
 
 async def throughput(
@@ -38,7 +36,7 @@ async def throughput(
     seconds: float,
     max_ops: int,
 ) -> float:
-    """As `trio_sessions._bench._core.throughput`, on asyncio."""
+    """As `benchmarks.suite._core.throughput`, on asyncio."""
     done = 0
     deadline = time.perf_counter() + seconds
 
@@ -71,15 +69,9 @@ async def _run(job: dict[str, Any]) -> dict[str, list[float]]:
         # A blocking pool of 64 connections: the default pool refuses more than it holds.
         pool = redis_asyncio.BlockingConnectionPool.from_url(job["url"], max_connections=64)
         connection = redis_asyncio.Redis(connection_pool=pool)
-        store = stores.RedisStore(connection=connection, prefix="starsessions:")
-
-        async def write(session_id: str, data: bytes) -> None:
-            await store.write(session_id, data, lifetime=ttl, ttl=ttl)
-
-        async def read(session_id: str) -> bytes:
-            value: bytes = await store.read(session_id, lifetime=ttl)
-            return value
-
+        write, read = starsessions_ops(
+            stores.RedisStore(connection=connection, prefix="starsessions:")
+        )
         close = connection.aclose
     else:
         import asyncpg
@@ -146,12 +138,9 @@ def measure(job: dict[str, Any]) -> dict[str, list[float]]:
     for name in NEEDS[job["kind"]]:
         if importlib.util.find_spec(name) is None:
             raise ImportError(f"No module named {name!r}", name=name)
-    command = [sys.executable, "-m", __name__, json.dumps(job)]
-    done = subprocess.run(command, capture_output=True, text=True, timeout=600, check=False)
-    if done.returncode != 0:
-        tail = done.stderr.strip().splitlines()[-1:] or ["no output"]
-        raise RuntimeError(f"{job['kind']} failed: {tail[0]}")
-    result: dict[str, list[float]] = json.loads(done.stdout.strip().splitlines()[-1])
+    result: dict[str, list[float]] = json.loads(
+        run_child(__name__, json.dumps(job), what=job["kind"])
+    )
     return result
 
 

@@ -19,13 +19,12 @@ from typing import Any
 
 import trio
 
-from .._abc import SessionStorage
-from ..storages._redis_drivers import DriverName
-from ..storages.cache import open_cache_storage
-from ..storages.directory import DirectoryStorage
-from ..storages.memory import MemoryStorage
-from ._core import TTL, Ops, Role, Target
-from ._servers import open_resp
+from trio_sessions import DirectoryStorage, MemoryStorage, SessionStorage, open_cache_storage
+from trio_sessions.storages import directory as _directory_format
+from trio_sessions.storages._redis_drivers import DriverName
+from trio_sessions.testing.servers import Resp
+
+from ._core import TTL, Ops, Role, Target, read_all, starsessions_ops
 
 PX = TTL * 1000
 
@@ -96,14 +95,8 @@ def memory_stream() -> Target:
 
                 await storage.write(session_id, provider, ttl=TTL)
 
-            async def consumer(stream: trio.abc.ReceiveStream) -> bytes:
-                parts = []
-                while chunk := await stream.receive_some():
-                    parts.append(chunk)
-                return b"".join(parts)
-
             async def read(session_id: str) -> bytes:
-                return await storage.read(session_id, consumer)
+                return await storage.read(session_id, read_all)
 
             yield Ops(write, read)
 
@@ -116,43 +109,61 @@ def starsessions_memory() -> Target:
 
     @asynccontextmanager
     async def opener() -> AsyncIterator[Ops]:
-        store = stores.InMemoryStore()
-
-        async def write(session_id: str, data: bytes) -> None:
-            await store.write(session_id, data, lifetime=TTL, ttl=TTL)
-
-        async def read(session_id: str) -> bytes:
-            value: bytes = await store.read(session_id, lifetime=TTL)
-            return value
-
-        yield Ops(write, read)
+        yield Ops(*starsessions_ops(stores.InMemoryStore()))
 
     return target("starsessions InMemoryStore", "peer", opener)
 
 
 # ------------------------------------------------------------------ directory
 
-_HEADER = bytes(28)
-_FLAGS = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC
+#: DirectoryStorage's file header: its size and where it keeps the version.
+STORED_HEADER = _directory_format._HEADER
+HEADER_SIZE = STORED_HEADER.size
+#: How the raw sequence creates its temporary file.
+CREATE = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC
+FOLDER = os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC
 
 
-def _raw_path(root: str, session_id: str) -> tuple[str, str]:
+def raw_header(version: int = 0) -> bytes:
+    """A header of DirectoryStorage's size holding *version* where the storage keeps it
+    (its other fields zero: the storage never reads these files)."""
+    return STORED_HEADER.pack(b"", 0, 0.0, version, 0, 0)
+
+
+BLANK_HEADER = raw_header()
+
+
+def header_version(header: bytes) -> int:
+    """The version in a file's header (see `raw_header`)."""
+    return int(STORED_HEADER.unpack_from(header)[3])
+
+
+def raw_path(root: str, session_id: str) -> tuple[str, str]:
+    """The fan-out folder and the file DirectoryStorage keeps *session_id* in."""
     name = hashlib.blake2b(session_id.encode(), digest_size=32).hexdigest()
     directory = os.path.join(root, name[:2], name[2:4])
     return directory, os.path.join(directory, name)
 
 
+def sync_directory(directory: str) -> None:
+    fd = os.open(directory, FOLDER)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
 def raw_write(root: str, session_id: str, data: bytes, fsync: bool) -> None:
     """DirectoryStorage's system calls for a write, and nothing else."""
-    directory, path = _raw_path(root, session_id)
+    directory, path = raw_path(root, session_id)
     temp = os.path.join(directory, f".{secrets.token_hex(8)}.tmp")
     try:
-        fd = os.open(temp, _FLAGS, 0o600)
+        fd = os.open(temp, CREATE, 0o600)
     except FileNotFoundError:
         os.makedirs(directory, exist_ok=True)
-        fd = os.open(temp, _FLAGS, 0o600)
+        fd = os.open(temp, CREATE, 0o600)
     try:
-        os.write(fd, _HEADER)
+        os.write(fd, BLANK_HEADER)
         os.write(fd, data)
         if fsync:
             os.fsync(fd)
@@ -160,20 +171,16 @@ def raw_write(root: str, session_id: str, data: bytes, fsync: bool) -> None:
         os.close(fd)
     os.replace(temp, path)
     if fsync:
-        dir_fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY)
-        try:
-            os.fsync(dir_fd)
-        finally:
-            os.close(dir_fd)
+        sync_directory(directory)
 
 
 def raw_read(root: str, session_id: str) -> bytes:
     """DirectoryStorage's system calls for a read, and nothing else."""
-    fd = os.open(_raw_path(root, session_id)[1], os.O_RDONLY | os.O_CLOEXEC)
+    fd = os.open(raw_path(root, session_id)[1], os.O_RDONLY | os.O_CLOEXEC)
     try:
         size = os.fstat(fd).st_size
-        os.read(fd, len(_HEADER))
-        return os.read(fd, size - len(_HEADER))
+        os.read(fd, HEADER_SIZE)
+        return os.read(fd, size - HEADER_SIZE)
     finally:
         os.close(fd)
 
@@ -281,11 +288,8 @@ def cache_over_directory(parent: str | None) -> Target:
 def _bulk(port: int, key: Callable[[str], bytes]) -> Callable[[Sequence[str], bytes], Any]:
     async def bulk(ids: Sequence[str], data: bytes) -> None:
         def fill() -> None:
-            resp = open_resp(port)
-            try:
+            with Resp(port) as resp:
                 resp.set_many([key(i) for i in ids], data, PX)
-            finally:
-                resp.close()
 
         await trio.to_thread.run_sync(fill)
 
@@ -293,7 +297,7 @@ def _bulk(port: int, key: Callable[[str], bytes]) -> Callable[[Sequence[str], by
 
 
 def redis_storage(url: str, port: int, driver: DriverName) -> Target:
-    from ..storages.redis import open_redis_storage
+    from trio_sessions import open_redis_storage
 
     importlib.import_module("glide" if driver == "glide" else "coredis")
 
@@ -308,7 +312,7 @@ def redis_storage(url: str, port: int, driver: DriverName) -> Target:
 
 def redis_raw(url: str, port: int, driver: DriverName) -> Target:
     """The same client's ``SET key value PX`` and ``GET``, with no storage around them."""
-    from ..storages._redis_drivers import connect
+    from trio_sessions.storages._redis_drivers import connect
 
     module: Any = importlib.import_module("glide" if driver == "glide" else "coredis")
 
@@ -341,7 +345,7 @@ def redis_raw(url: str, port: int, driver: DriverName) -> Target:
 
 
 def postgres_storage(dsn: str, table: str) -> Target:
-    from ..storages.postgres import open_postgres_storage
+    from trio_sessions import open_postgres_storage
 
     importlib.import_module("asyncpg")
     importlib.import_module("trio_asyncio")

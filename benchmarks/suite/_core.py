@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import random
 import statistics
+import subprocess
 import sys
 import time
 from collections.abc import Awaitable, Callable, Sequence
 from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Literal
 
 import trio
@@ -21,6 +23,8 @@ Read = Callable[[str], Awaitable[object]]
 TTL = 1800
 #: The heartbeat whose lateness shows how freely the event loop runs.
 HEARTBEAT = 0.001
+#: The folder that holds the ``benchmarks`` package: where child processes start.
+ROOT = Path(__file__).resolve().parents[2]
 
 
 @dataclass(frozen=True)
@@ -181,11 +185,48 @@ async def throughput(
     return done / (time.perf_counter() - start)
 
 
+async def read_all(stream: trio.abc.ReceiveStream) -> bytes:
+    """A consumer that reads the stream to EOF."""
+    parts = []
+    while chunk := await stream.receive_some():
+        parts.append(chunk)
+    return b"".join(parts)
+
+
+def starsessions_ops(store: Any) -> tuple[Write, Read]:
+    """Write and read through a starsessions store (on trio or asyncio: the store's API
+    is the same for every backend), with the ttl every candidate gets."""
+
+    async def write(session_id: str, data: bytes) -> None:
+        await store.write(session_id, data, lifetime=TTL, ttl=TTL)
+
+    async def read(session_id: str) -> bytes:
+        value: bytes = await store.read(session_id, lifetime=TTL)
+        return value
+
+    return write, read
+
+
+def percentile(values: Sequence[float], p: float) -> float:
+    """The *p*-th percentile of *values*: the sample below which *p* % of them lie."""
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(p / 100 * len(ordered)))]
+
+
 async def lateness(
     ops: Ops | None, ids: Sequence[str], payload: bytes, *, tasks: int, seconds: float
 ) -> tuple[float, float]:
     """p99 and worst lateness (ms) of a 1 ms heartbeat while *tasks* tasks write and read
     through *ops* (or while nothing else runs)."""
+    late = await heartbeat_lateness(ops, ids, payload, tasks=tasks, seconds=seconds)
+    return percentile(late, 99), max(late)
+
+
+async def heartbeat_lateness(
+    ops: Ops | None, ids: Sequence[str], payload: bytes, *, tasks: int, seconds: float
+) -> list[float]:
+    """Every lateness (ms) of a 1 ms heartbeat while *tasks* tasks write and read random
+    ids through *ops* (or while nothing else runs), for *seconds*."""
     late: list[float] = []
     stop = trio.Event()
 
@@ -211,8 +252,25 @@ async def lateness(
             await trio.sleep(HEARTBEAT)
             late.append((time.perf_counter() - start - HEARTBEAT) * 1000)
         stop.set()
-    ordered = sorted(late)
-    return ordered[min(len(ordered) - 1, int(0.99 * len(ordered)))], ordered[-1]
+    return late
+
+
+# -------------------------------------------------------------- child processes
+
+
+def run_child(module: str, *args: str, what: str) -> str:
+    """Run ``python -m MODULE ARGS`` in a fresh process; return the last line it printed.
+
+    Raises `RuntimeError` saying that *what* failed, with the child's last error line.
+    """
+    command = [sys.executable, "-m", module, *args]
+    done = subprocess.run(
+        command, capture_output=True, text=True, timeout=600, check=False, cwd=ROOT
+    )
+    if done.returncode != 0:
+        tail = done.stderr.strip().splitlines()[-1:] or ["no output"]
+        raise RuntimeError(f"{what} failed: {tail[0]}")
+    return done.stdout.strip().splitlines()[-1]
 
 
 # ------------------------------------------------------------------- progress

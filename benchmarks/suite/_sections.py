@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import functools
-import importlib
 from collections.abc import Callable, Sequence
 from contextlib import AsyncExitStack
 from dataclasses import replace
@@ -22,6 +21,7 @@ from ._suite import (
     Entry,
     Step,
     Suite,
+    importable,
     installed,
     payload,
     session_ids,
@@ -266,7 +266,7 @@ def footprint(suite: Suite) -> list[Step]:
 
     def in_process() -> None:
         names = list(_footprint.IN_PROCESS)
-        if not _importable("starsessions.stores.memory"):
+        if not importable("starsessions.stores.memory"):
             names = [name for name in names if not name.startswith("starsessions")]
             suite.skip("footprint: starsessions", "not installed: pip install starsessions")
         for size in (100, KIB):
@@ -351,15 +351,9 @@ def lateness_under_load(suite: Suite) -> list[Step]:
                     )
                     _late(suite, group, IDLE, "reference", None, p99, worst)
             async with AsyncExitStack() as stack:
-                opened = []
-                for target, baseline in made:
-                    try:
-                        ops = await stack.enter_async_context(target.open())
-                    except Exception as exc:
-                        suite.skip(f"lateness: {target.name}", f"failed to open: {exc!r}")
-                        continue
+                opened = await suite.open_all(stack, "lateness", made)
+                for _, _, ops in opened:
                     await fill(ops, ids, data)
-                    opened.append((target, baseline, ops))
                 for _ in range(plan.lateness_repeats):
                     for target, baseline, ops in opened:
                         p99, worst = await lateness(
@@ -405,11 +399,3 @@ BUILDERS: dict[str, Callable[[Suite], list[Step]]] = {
     "footprint": footprint,
     "lateness": lateness_under_load,
 }
-
-
-def _importable(name: str) -> bool:
-    try:
-        importlib.import_module(name)
-    except ImportError:
-        return False
-    return True
