@@ -474,7 +474,6 @@ class DirectoryStorage(ConditionalBase):
     """
 
     _chunk_size = _CHUNK
-    _hooks_yield = True  # every hook is one thread hop
 
     def __init__(
         self,
