@@ -205,7 +205,7 @@ def _error(result: pq.abc.PGresult) -> DatabaseError:
 class Connection:
     """One libpq connection, used by one task at a time."""
 
-    __slots__ = ("_fd", "_prepared", "broken", "cancel_requests", "idle_since", "pg")
+    __slots__ = ("_fd", "_notices", "_prepared", "broken", "cancel_requests", "idle_since", "pg")
 
     def __init__(self, pg: pq.abc.PGconn) -> None:
         self.pg = pg
@@ -215,6 +215,13 @@ class Connection:
         self.broken = False
         self.cancel_requests = 0
         self.idle_since = 0.0
+        # libpq reports what the server says outside a statement as a notice.
+        self._notices = 0
+
+        def count(result: pq.abc.PGresult) -> None:
+            self._notices += 1
+
+        pg.notice_handler = count
 
     @property
     def usable(self) -> bool:
@@ -224,14 +231,15 @@ class Connection:
 
     def alive(self) -> bool:
         """Read what the server sent while the connection was idle (a shutdown, EOF)."""
+        notices = self._notices
         try:
-            # A server that ends a connection sends an error, then closes it: the first
-            # read returns the error (kept as a notice while idle), a second one the end.
-            self.pg.consume_input()
             self.pg.consume_input()
         except OperationalError:
             return False
-        return self.usable
+        self.pg.is_busy()  # parses what was read
+        # A server ending a connection sends an error, then closes it: the error may
+        # arrive alone, as a notice. A notice while idle is rare: do not keep such a one.
+        return self._notices == notices and self.usable
 
     def close(self) -> None:
         self.broken = True

@@ -27,8 +27,8 @@ from __future__ import annotations
 
 import hashlib
 import math
+import random
 import re
-import secrets
 import struct
 import time
 from collections.abc import AsyncIterator, Callable
@@ -59,7 +59,7 @@ _INT64 = struct.Struct("!q")
 _EPOCH_2000 = 946_684_800.0
 _INFINITY = 2**63 - 1
 _LAST_MICROSECOND = 9_223_371_331_200_000_000  # PostgreSQL's end of time, 294277 AD
-_VERSIONS = 2**63 - 1
+_random = random.Random()  # reseeded in a forked child, like the module's
 
 
 def _split_table(table: str) -> tuple[str, str]:
@@ -111,7 +111,7 @@ def _key(session_id: str) -> bytes:
 
 
 def _new_version() -> int:
-    return secrets.randbelow(_VERSIONS) + 1
+    return _random.getrandbits(63) or 1  # never reused in practice: 2**63 values
 
 
 @final
