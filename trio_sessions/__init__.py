@@ -25,6 +25,7 @@ from ._ids import SESSION_ID_PATTERN as SESSION_ID_PATTERN
 from ._ids import check_session_id as check_session_id
 from ._ids import new_session_id as new_session_id
 from .sessions._cookies import CookieOptions as CookieOptions
+from .sessions._lifecycle import StorageSource as StorageSource
 from .sessions._manager import SessionDataError as SessionDataError
 from .sessions._manager import SessionManager as SessionManager
 from .sessions._serializers import JSONSerializer as JSONSerializer
@@ -82,6 +83,7 @@ __all__ = [
     "SessionTooLarge",
     "StorageBase",
     "StorageError",
+    "StorageSource",
     "SupportsPurge",
     "SupportsTouch",
     "TrioSessionsError",

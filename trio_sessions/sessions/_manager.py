@@ -40,6 +40,7 @@ from .._errors import (
     WriteConflict,
 )
 from .._ids import new_session_id
+from .._validate import check_seconds
 from ._cookies import CookieOptions
 from ._serializers import JSONSerializer, Serializer
 from ._session import Session
@@ -74,14 +75,6 @@ class SessionDataError(TrioSessionsError, ValueError):
     stored session is left as it was (the user stays logged in); the message names the
     key and the sizes. The integrations log it and answer 500.
     """
-
-
-def _check_seconds(name: str, value: object) -> float:
-    if isinstance(value, bool) or not isinstance(value, int | float):
-        raise TypeError(f"{name} must be a number of seconds, not {type(value).__name__}")
-    if not (0 < value < math.inf):
-        raise ValueError(f"{name} must be a positive, finite number of seconds (got {value!r})")
-    return float(value)
 
 
 def _digest(data: bytes) -> int:
@@ -210,17 +203,17 @@ class SessionManager:
     ) -> None:
         if not isinstance(storage, SessionStorage):
             raise TypeError(f"storage must be a SessionStorage, not {type(storage).__name__}")
-        self.idle_timeout = _check_seconds("idle_timeout", idle_timeout)
+        self.idle_timeout = float(check_seconds("idle_timeout", idle_timeout))
         self.absolute_timeout = (
             None
             if absolute_timeout is None
-            else _check_seconds("absolute_timeout", absolute_timeout)
+            else float(check_seconds("absolute_timeout", absolute_timeout))
         )
-        self.max_lifetime = _check_seconds("max_lifetime", max_lifetime)
+        self.max_lifetime = float(check_seconds("max_lifetime", max_lifetime))
         if touch_interval is None:
             touch_interval = min(60.0, self.idle_timeout / 10)
         elif touch_interval != 0:
-            touch_interval = _check_seconds("touch_interval", touch_interval)
+            touch_interval = check_seconds("touch_interval", touch_interval)
         if touch_interval >= self.idle_timeout:
             raise ValueError("touch_interval must be shorter than idle_timeout")
         self.touch_interval = float(touch_interval)

@@ -9,6 +9,7 @@ from trio.lowlevel import checkpoint
 
 from .._errors import TrioSessionsError
 from .._ids import new_session_id
+from .._validate import check_seconds
 
 __all__ = ["Session", "SessionNotLoaded"]
 
@@ -277,11 +278,7 @@ class Session(dict[str, Any]):
         cookie carries a ``Max-Age`` so it outlives a browser restart. ``None`` makes it
         an ordinary session again. Call it at login, together with `regenerate`.
         """
-        if seconds is not None:
-            if isinstance(seconds, bool) or not isinstance(seconds, int | float):
-                raise TypeError(f"seconds must be a number or None, not {type(seconds).__name__}")
-            if not (0 < seconds < float("inf")):
-                raise ValueError(f"seconds must be positive and finite (got {seconds!r})")
+        check_seconds("seconds", seconds, allow_none=True)
         self._change()
         self._lifetime_request = (seconds,)
 

@@ -182,7 +182,6 @@ class RedisStorage(ConditionalBase):
     """
 
     _chunk_size = CHUNK_SIZE
-    _hooks_yield = True  # every hook is a network round trip
 
     def __init__(
         self,
