@@ -69,7 +69,7 @@ def _servers_for(
         bindir = find_postgres_bindir()
         if not postgres or ("pairs" not in sections and "lateness" not in sections):
             results.skip("PostgreSQL", "--no-postgres" if not postgres else "no section needs it")
-        elif absent := [m for m in ("asyncpg", "trio_asyncio") if not importable(m)]:
+        elif absent := [m for m in ("psycopg",) if not importable(m)]:
             names = " ".join(m.replace("_", "-") for m in absent)
             results.skip("PostgreSQL", f"not installed: pip install {names}")
         elif bindir is None:

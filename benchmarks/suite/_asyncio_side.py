@@ -78,13 +78,13 @@ async def _run(job: dict[str, Any]) -> dict[str, list[float]]:
 
         table = job["table"]
         load = (
-            f'SELECT data FROM "{table}" '
+            f'SELECT data, version FROM "{table}" '
             "WHERE id_hash = $1 AND (expires_at IS NULL OR expires_at > $2)"
         )
         save = (
-            f'INSERT INTO "{table}" (id_hash, data, expires_at) VALUES ($1, $2, $3) '
-            "ON CONFLICT (id_hash) DO UPDATE "
-            "SET data = excluded.data, expires_at = excluded.expires_at"
+            f'INSERT INTO "{table}" (id_hash, data, expires_at, version) '
+            "VALUES ($1, $2, $3, $4) ON CONFLICT (id_hash) DO UPDATE SET data = excluded.data, "
+            "expires_at = excluded.expires_at, version = excluded.version"
         )
 
         async def no_reset(connection: object) -> None:
@@ -97,11 +97,13 @@ async def _run(job: dict[str, Any]) -> dict[str, list[float]]:
 
         async def write(session_id: str, data: bytes) -> None:
             expires = datetime.datetime.now(datetime.UTC) + datetime.timedelta(seconds=ttl)
-            await pool.execute(save, digest(session_id), data, expires)
+            version = random.getrandbits(63) or 1
+            await pool.execute(save, digest(session_id), data, expires, version)
 
         async def read(session_id: str) -> bytes:
             now = datetime.datetime.now(datetime.UTC)
-            value: bytes = await pool.fetchval(load, digest(session_id), now)
+            row = await pool.fetchrow(load, digest(session_id), now)
+            value: bytes = row[0]
             return value
 
         close = pool.close

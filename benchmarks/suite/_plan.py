@@ -147,6 +147,7 @@ _PACKAGES = (
     "starsessions",
     "cachelib",
     "diskcache",
+    "psycopg",
     "asyncpg",
     "trio-asyncio",
     "matplotlib",

@@ -347,12 +347,11 @@ def redis_raw(url: str, port: int, driver: DriverName) -> Target:
 def postgres_storage(dsn: str, table: str) -> Target:
     from trio_sessions import open_postgres_storage
 
-    importlib.import_module("asyncpg")
-    importlib.import_module("trio_asyncio")
+    importlib.import_module("psycopg")
 
     @asynccontextmanager
     async def opener() -> AsyncIterator[Ops]:
         async with open_postgres_storage(dsn, table=table) as storage:
             yield storage_ops(storage)
 
-    return target("PostgresStorage (trio-asyncio)", "subject", opener)
+    return target("PostgresStorage", "subject", opener)
