@@ -273,8 +273,47 @@ def _direct_statistics(commands: int) -> RedisStorageStatistics:
     return RedisStorageStatistics(commands, 0, 0, (), 0, 0)
 
 
+class _Driver:
+    """What both drivers share: the command tuples, direct or through an `AutoPipeline`."""
+
+    _commands: int
+    _pipeline: AutoPipeline | None
+    _call: Callable[[Command], Awaitable[object]]
+
+    def _start(self, *, pipeline: bool, max_batch: int) -> None:
+        self._commands = 0
+        self._pipeline = None
+        self._call = self._send_one
+        if pipeline:
+            self._pipeline = AutoPipeline(self._send_one, self._send_batch, max_batch=max_batch)
+            self._call = self._pipeline.call
+
+    async def _send_one(self, command: Command) -> object:
+        raise NotImplementedError
+
+    async def _send_batch(self, commands: list[Command]) -> list[Reply]:
+        raise NotImplementedError
+
+    def statistics(self) -> RedisStorageStatistics:
+        if self._pipeline is None:
+            return _direct_statistics(self._commands)
+        return self._pipeline.statistics()
+
+    async def get(self, key: bytes) -> object:
+        return await self._call((_GET, key, None, None))
+
+    async def set(self, key: bytes, value: bytes, px: int | None) -> None:
+        await self._call((_SET, key, value, px))
+
+    async def delete(self, key: bytes) -> None:
+        await self._call((_DELETE, key, None, None))
+
+    async def pexpire(self, key: bytes, px: int) -> object:
+        return await self._call((_PEXPIRE, key, px, None))
+
+
 @final
-class GlideDriver:
+class GlideDriver(_Driver):
     """valkey-glide's `GlideClient` or `GlideClusterClient` (Rust core, trio via anyio).
 
     With *pipeline*, concurrent commands go out as non-atomic glide batches; in a
@@ -297,12 +336,7 @@ class GlideDriver:
         self._cluster = isinstance(client, glide.GlideClusterClient)
         self._scripts: dict[LuaScript, glide.Script] = {}
         self._expiries: dict[int, glide.ExpirySet] = {}  # building one costs a few us
-        self._commands = 0
-        self._pipeline: AutoPipeline | None = None
-        self._call: Callable[[Command], Awaitable[object]] = self._send_one
-        if pipeline:
-            self._pipeline = AutoPipeline(self._send_one, self._send_batch, max_batch=max_batch)
-            self._call = self._pipeline.call
+        self._start(pipeline=pipeline, max_batch=max_batch)
         # A batch's methods cost microseconds per command (a lock, option objects); the
         # batch builds its list of (request type, arguments) here instead, with the
         # request types that its own methods use.
@@ -310,23 +344,6 @@ class GlideDriver:
         probe = self._batch_class(False)
         probe.get(b"k").set(b"k", b"v").delete([b"k"]).pexpire(b"k", 1).custom_command([b"k"])
         self._types = tuple(request_type for request_type, _ in probe.commands)
-
-    def statistics(self) -> RedisStorageStatistics:
-        if self._pipeline is None:
-            return _direct_statistics(self._commands)
-        return self._pipeline.statistics()
-
-    async def get(self, key: bytes) -> object:
-        return await self._call((_GET, key, None, None))
-
-    async def set(self, key: bytes, value: bytes, px: int | None) -> None:
-        await self._call((_SET, key, value, px))
-
-    async def delete(self, key: bytes) -> None:
-        await self._call((_DELETE, key, None, None))
-
-    async def pexpire(self, key: bytes, px: int) -> object:
-        return await self._call((_PEXPIRE, key, px, None))
 
     async def eval(self, script: LuaScript, keys: Sequence[bytes], args: Sequence[bytes]) -> object:
         command = (_EVAL, keys[0], script, (list(keys), list(args)))
@@ -398,7 +415,7 @@ class GlideDriver:
 
 
 @final
-class CoredisDriver:
+class CoredisDriver(_Driver):
     """coredis's `Redis` or `RedisCluster` (pure Python, anyio), with bytes replies.
 
     With *pipeline*, concurrent commands go out as coredis non-transactional pipelines
@@ -420,29 +437,7 @@ class CoredisDriver:
             raise ValueError("a coredis client for RedisStorage needs decode_responses=False")
         self._client: Any = client
         self._no_script = NoScriptError
-        self._commands = 0
-        self._pipeline: AutoPipeline | None = None
-        self._call: Callable[[Command], Awaitable[object]] = self._send_one
-        if pipeline:
-            self._pipeline = AutoPipeline(self._send_one, self._send_batch, max_batch=max_batch)
-            self._call = self._pipeline.call
-
-    def statistics(self) -> RedisStorageStatistics:
-        if self._pipeline is None:
-            return _direct_statistics(self._commands)
-        return self._pipeline.statistics()
-
-    async def get(self, key: bytes) -> object:
-        return await self._call((_GET, key, None, None))
-
-    async def set(self, key: bytes, value: bytes, px: int | None) -> None:
-        await self._call((_SET, key, value, px))
-
-    async def delete(self, key: bytes) -> None:
-        await self._call((_DELETE, key, None, None))
-
-    async def pexpire(self, key: bytes, px: int) -> object:
-        return await self._call((_PEXPIRE, key, px, None))
+        self._start(pipeline=pipeline, max_batch=max_batch)
 
     async def eval(self, script: LuaScript, keys: Sequence[bytes], args: Sequence[bytes]) -> object:
         command = (_EVAL, keys[0], script, (list(keys), list(args)))
