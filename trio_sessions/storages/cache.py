@@ -42,7 +42,7 @@ from __future__ import annotations
 
 import math
 from collections import OrderedDict
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from typing import TypeVar, final
@@ -428,33 +428,36 @@ class CacheStorage(ConditionalStorage):
     # --------------------------------------------------------- delegate reads
 
     async def _fly_bytes(self, session_id: str) -> bytes:
-        flight = self._flights[session_id] = _Flight()
-        started = self._clock()
-        self._loads += 1
-        try:
-            data = await self._delegate.read_bytes(session_id)
-        except SessionNotFound:
-            self._land(session_id, flight, None, None, started)
-            raise
-        except BaseException as exc:
-            self._crash(session_id, flight, exc)
-            raise
-        self._land(session_id, flight, data, None, started)
-        return data
+        found = await self._fly(self._flights, session_id, self._delegate.read_bytes)
+        return found if isinstance(found, bytes) else found.data
 
     async def _fly_versioned(self, delegate: ConditionalStorage, session_id: str) -> Versioned:
-        flight = self._versioned_flights[session_id] = _Flight()
+        found = await self._fly(self._versioned_flights, session_id, delegate.read_versioned)
+        assert isinstance(found, Versioned)
+        return found
+
+    async def _fly(
+        self,
+        flights: dict[str, _Flight],
+        session_id: str,
+        read: Callable[[str], Awaitable[bytes | Versioned]],
+    ) -> bytes | Versioned:
+        """One delegate read that concurrent readers of *session_id* share."""
+        flight = flights[session_id] = _Flight()
         started = self._clock()
         self._loads += 1
         try:
-            found = await delegate.read_versioned(session_id)
+            found: bytes | Versioned = await read(session_id)
         except SessionNotFound:
             self._land(session_id, flight, None, None, started)
             raise
         except BaseException as exc:
             self._crash(session_id, flight, exc)
             raise
-        self._land(session_id, flight, found.data, found, started)
+        if isinstance(found, Versioned):
+            self._land(session_id, flight, found.data, found, started)
+        else:
+            self._land(session_id, flight, found, None, started)
         return found
 
     async def _fly_stream(self, session_id: str, consumer: Consumer[T]) -> T:
