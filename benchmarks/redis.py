@@ -45,7 +45,7 @@ from typing import Any
 import trio
 
 from trio_sessions import RedisStorage, WriteConflict, open_redis_storage
-from trio_sessions.storages.redis import RedisStorageStatistics
+from trio_sessions.storages._redis import RedisStorageStatistics
 from trio_sessions.testing.servers import redis_server
 
 from .suite import _servers

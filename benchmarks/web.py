@@ -63,7 +63,7 @@ def build_app(variant: str, root: str) -> Any:
         if variant == "memory":
             storage = MemoryStorage()
         elif variant == "redis":
-            from trio_sessions.storages.redis import open_redis_storage
+            from trio_sessions import open_redis_storage
 
             url = os.environ["BENCH_REDIS_URL"]
             storage = lambda: open_redis_storage(url, driver="glide")  # noqa: E731

@@ -27,7 +27,7 @@ from typing import TextIO
 import trio
 
 from trio_sessions import DirectoryStorage, SessionNotFound, StorageError, WriteConflict
-from trio_sessions.storages import directory as directory_module
+from trio_sessions.storages import _directory as directory_module
 
 IDS = [f"shared-session-{n}" for n in range(12)]
 SIZES = [40, 900, 5_000, 30_000, 70_000, 150_000, 300_000]  # the larger ones stream

@@ -105,7 +105,7 @@ async def state(client: Client, cookies: str) -> dict[str, object]:
 
 async def stored(storage: DirectoryStorage) -> tuple[int, list[str]]:
     """Sessions on disk, and every name under the storage root (fan-out folders too)."""
-    statistics = await storage.statistics()
+    statistics = await storage.scan()
     names = await trio.to_thread.run_sync(
         lambda: sorted(str(p.relative_to(storage.root)) for p in Path(storage.root).rglob("*"))
     )

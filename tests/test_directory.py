@@ -21,15 +21,15 @@ import trio
 import trio.testing
 
 from trio_sessions import (
-    DirectoryPurgeResult,
+    DirectoryScan,
     DirectoryStorage,
-    DirectoryStorageStatistics,
+    PurgeResult,
     SessionNotFound,
     StorageError,
     Versioned,
     WriteConflict,
 )
-from trio_sessions.storages import directory as directory_module
+from trio_sessions.storages import _directory as directory_module
 from trio_sessions.testing import ManualClock
 
 SMALL = b"small session"
@@ -125,7 +125,7 @@ async def test_reads_of_unknown_ids_create_nothing(storage: DirectoryStorage) ->
             with pytest.raises(SessionNotFound):
                 await storage.read_bytes(session_id)
             await storage.invalidate(session_id)
-        assert await storage.statistics() == DirectoryStorageStatistics(1, len(SMALL), 0)
+        assert await storage.scan() == DirectoryScan(1, len(SMALL), 0)
         assert tree(root) == before
 
 
@@ -156,10 +156,10 @@ async def test_expiry_survives_a_restart_and_purge_removes_it(
         assert await second.read("long", read_all) == LARGE
         assert len(files(tmp_path)) == 3  # a read changes nothing
         # The session's two fan-out folders are left empty, and go too.
-        assert await second.purge() == DirectoryPurgeResult(1, 0, 0, folders=2)
+        assert await second.purge() == PurgeResult(1, 0, 0, folders=2)
         assert len(files(tmp_path)) == 2
         clock.advance(10_000_000)
-        assert await second.purge() == DirectoryPurgeResult(1, 0, 0, folders=2)
+        assert await second.purge() == PurgeResult(1, 0, 0, folders=2)
         assert await second.read_bytes("forever") == b"c"
         top, sub, name = session_file(tmp_path).relative_to(tmp_path).parts
         assert tree(tmp_path).keys() == {f"{top}", f"{top}/{sub}", f"{top}/{sub}/{name}"}
@@ -200,7 +200,7 @@ async def test_files_of_the_first_format_stay_readable_and_writable(
         second = await DirectoryStorage(tmp_path).read_versioned("old-session")
         assert first == second
         assert first.data == value
-        assert await storage.purge() == DirectoryPurgeResult(0, 0, 0)
+        assert await storage.purge() == PurgeResult(0, 0, 0)
         assert (await storage.read_versioned("old-session")).version == first.version
         # A compare-and-set with it works, and writes the current format.
         with pytest.raises(WriteConflict):
@@ -273,7 +273,7 @@ async def test_unreadable_files_read_as_absent_and_purge_removes_them(
         assert caplog.records, "no warning was logged"
         assert all("victim" not in record.getMessage() for record in caplog.records)
         assert path.exists()
-        assert await storage.purge() == DirectoryPurgeResult(0, corrupt=1, temporary=0, folders=2)
+        assert await storage.purge() == PurgeResult(0, corrupt=1, temporary=0, folders=2)
         assert not path.exists()
         assert tree(Path(storage.root)) == {}
         await storage.write_bytes("victim-session", b"new")
@@ -291,11 +291,11 @@ async def test_temporary_files_are_ignored_and_stale_ones_purged(storage: Direct
         old = time.time() - 7200
         os.utime(stale, (old, old))
         assert await storage.read_bytes("kept") == SMALL
-        assert await storage.statistics() == DirectoryStorageStatistics(1, len(SMALL), 2)
-        assert await storage.purge() == DirectoryPurgeResult(expired=0, corrupt=0, temporary=1)
+        assert await storage.scan() == DirectoryScan(1, len(SMALL), 2)
+        assert await storage.purge() == PurgeResult(expired=0, corrupt=0, temporary=1)
         assert fresh.exists()
         assert not stale.exists()
-        assert await storage.purge(temp_grace=-1) == DirectoryPurgeResult(0, 0, 1)
+        assert await storage.purge(temp_grace=-1) == PurgeResult(0, 0, 1)
         assert temp_files(Path(storage.root)) == []
         assert await storage.read_bytes("kept") == SMALL
 
@@ -308,8 +308,8 @@ async def test_purge_and_statistics_leave_foreign_files_alone(storage: Directory
         for path in foreign:
             path.parent.mkdir(parents=True, exist_ok=True)
             path.write_bytes(b"not a session")
-        assert await storage.statistics() == DirectoryStorageStatistics(1, len(SMALL), 0)
-        assert await storage.purge(temp_grace=-1) == DirectoryPurgeResult(0, 0, 0)
+        assert await storage.scan() == DirectoryScan(1, len(SMALL), 0)
+        assert await storage.purge(temp_grace=-1) == PurgeResult(0, 0, 0)
         assert all(path.exists() for path in foreign)
 
 
@@ -332,7 +332,7 @@ async def test_purge_keeps_a_session_rewritten_while_it_looks(
             real_flock(fd, operation)
 
         monkeypatch.setattr(fcntl, "flock", flock_after_a_rewrite)
-        assert await storage.purge() == DirectoryPurgeResult(expired=0, corrupt=0, temporary=0)
+        assert await storage.purge() == PurgeResult(expired=0, corrupt=0, temporary=0)
         monkeypatch.undo()
         assert renewed
         assert await storage.read_bytes("racy") == b"renewed"
@@ -353,7 +353,7 @@ async def test_purge_ignores_a_temporary_file_committed_while_it_looks(
             return real_stat(name, *args, **kwargs)
 
         monkeypatch.setattr(os, "stat", stat_after_a_commit)
-        assert await storage.purge(temp_grace=-1) == DirectoryPurgeResult(0, 0, 0)
+        assert await storage.purge(temp_grace=-1) == PurgeResult(0, 0, 0)
         monkeypatch.undo()
         assert await storage.read_bytes("busy") == SMALL
 
@@ -494,4 +494,4 @@ async def test_maintenance_after_close_raises(storage: DirectoryStorage) -> None
     with pytest.raises(trio.ClosedResourceError):
         await storage.purge()
     with pytest.raises(trio.ClosedResourceError):
-        await storage.statistics()
+        await storage.scan()

@@ -22,13 +22,13 @@ import pytest
 import trio
 
 from trio_sessions import (
-    DirectoryPurgeResult,
     DirectoryStorage,
+    PurgeResult,
     SessionNotFound,
     StorageError,
     WriteConflict,
 )
-from trio_sessions.storages import directory as directory_module
+from trio_sessions.storages import _directory as directory_module
 
 FILE_FUNCTIONS = frozenset(
     {"open", "close", "read", "write", "fstat", "fsync", "lseek", "replace", "rename"}
@@ -191,7 +191,7 @@ async def current(storage: DirectoryStorage) -> tuple[bytes, int] | None:
 
 
 async def files_on_disk(storage: DirectoryStorage) -> tuple[int, int]:
-    stats = await storage.statistics()
+    stats = await storage.scan()
     return stats.sessions, stats.bytes
 
 
@@ -266,7 +266,7 @@ async def test_every_failing_call_leaves_a_clean_state(
             if conflict and failed == "unlink":
                 # Removing the temporary file of a lost race failed: it stays for purge().
                 assert len(temp_files(storage.root)) == 1
-                assert await storage.purge(temp_grace=-1) == DirectoryPurgeResult(0, 0, 1)
+                assert await storage.purge(temp_grace=-1) == PurgeResult(0, 0, 1)
             assert not temp_files(storage.root), "a temporary file stayed"
             assert open_fds() == fds, "a file descriptor leaked"
             if scenario.quota and (counted := ledger(storage)) is not None:

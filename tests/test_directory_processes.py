@@ -26,7 +26,7 @@ from typing import Any
 import pytest
 import trio
 
-from trio_sessions import DirectoryPurgeResult, DirectoryStorage, SessionNotFound
+from trio_sessions import DirectoryStorage, PurgeResult, SessionNotFound
 
 from .directory_worker import CAS_ID, IDS, make_value, parse_value, race_id, read_all
 
@@ -105,7 +105,7 @@ async def test_sigkill_during_writes_never_tears_a_session(tmp_path: Path) -> No
         leftovers = len(temp_files(root))
         writes = _completed(await _log_lines(log))
         result = await storage.purge(temp_grace=0)
-        assert result == DirectoryPurgeResult(expired=0, corrupt=0, temporary=leftovers)
+        assert result == PurgeResult(expired=0, corrupt=0, temporary=leftovers)
         assert temp_files(root) == []
         present = await check_every_id(storage, started | mine)
     print(f"crash test: {kills} kills, {writes} completed writes, {present}/{len(IDS)} ids set,")
@@ -281,7 +281,7 @@ async def test_a_flood_from_several_processes_stays_under_the_quota(tmp_path: Pa
         for sid, value in legitimate.items():
             assert await storage.read_bytes(sid) == value
             await storage.write_bytes(sid, value + b";seen")  # still usable at the quota
-        stats = await storage.statistics()
+        stats = await storage.scan()
     elapsed = time.monotonic() - start
     stored = sum(result["stored"] for result in results)
     refused = sum(result["refused"] for result in results)

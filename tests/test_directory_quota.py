@@ -94,7 +94,7 @@ async def test_max_bytes_counts_payload_bytes(tmp_path: Path) -> None:
         await storage.write_bytes("a", b"x" * 100)  # one that shrinks
         await storage.write_bytes("c", b"x" * 500)
         assert ledger(tmp_path) == (3, 1000)
-        assert (await storage.statistics()).bytes == 1000
+        assert (await storage.scan()).bytes == 1000
 
 
 async def test_expired_sessions_count_until_purged(tmp_path: Path) -> None:
@@ -127,7 +127,7 @@ async def test_every_storage_on_a_root_shares_the_count(tmp_path: Path) -> None:
             await first.write_bytes("one-too-many", b"v")
         await early.invalidate("early-0")
         await second.write_bytes("fits", b"v")
-        assert ledger(tmp_path) == (8, 8) == ((await first.statistics()).sessions, 8)
+        assert ledger(tmp_path) == (8, 8) == ((await first.scan()).sessions, 8)
         # A lost or damaged count is made again from what the root holds.
         (tmp_path / ".quota").write_bytes(b"garbage")
         with pytest.raises(StorageError, match="8 sessions stored"):
@@ -208,4 +208,4 @@ async def test_an_app_answers_503_at_the_quota_and_its_users_keep_working(
                 response = await client.get("/", headers={"Cookie": user})
                 assert (response.status_code, response.text) == (200, "2")
     assert statuses == {200: quota - users, 503: visitors - (quota - users)}
-    assert (await storage.statistics()).sessions == quota
+    assert (await storage.scan()).sessions == quota

@@ -67,7 +67,7 @@ def operations(storage: DirectoryStorage) -> dict[str, Callable[[], Awaitable[An
         "invalidate": lambda: storage.invalidate(SID),
         "invalidate_if": lambda: storage.invalidate_if(SID, version=1),
         "purge": storage.purge,
-        "statistics": storage.statistics,
+        "scan": storage.scan,
     }
 
 

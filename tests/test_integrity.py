@@ -28,9 +28,9 @@ from trio_sessions import (
     SessionNotFound,
     SessionStorage,
     StorageError,
+    open_redis_storage,
 )
 from trio_sessions.storages.postgres import open_postgres_storage
-from trio_sessions.storages.redis import open_redis_storage
 
 from .dict_storage import CheckThenWriteStorage
 from .pg_server import postgres_server

@@ -19,7 +19,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from trio_sessions import MemoryStorage, SessionNotFound, WriteConflict
-from trio_sessions.storages.memory import DEFAULT_MAX_BYTES, DEFAULT_MAX_ENTRIES
+from trio_sessions.storages._memory import DEFAULT_MAX_BYTES, DEFAULT_MAX_ENTRIES
 from trio_sessions.testing import ManualClock
 
 

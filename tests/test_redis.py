@@ -26,8 +26,7 @@ from trio_sessions import (
     Versioned,
     WriteConflict,
 )
-from trio_sessions.storages._redis_drivers import AutoPipeline, Command
-from trio_sessions.storages.redis import (
+from trio_sessions.storages._redis import (
     CHUNK_SIZE,
     HEADER_SIZE,
     MAGIC,
@@ -35,6 +34,7 @@ from trio_sessions.storages.redis import (
     RedisStorageStatistics,
     open_redis_storage,
 )
+from trio_sessions.storages._redis_drivers import AutoPipeline, Command
 
 from .redis_servers import RedisServer, free_port, redis_cluster, redis_server, require_module
 

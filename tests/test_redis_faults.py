@@ -28,7 +28,7 @@ import pytest
 import trio
 
 from trio_sessions import SessionNotFound, StorageError, WriteConflict
-from trio_sessions.storages.redis import (
+from trio_sessions.storages._redis import (
     CHUNK_SIZE,
     TEMPORARY_TTL_MS,
     RedisStorage,

@@ -32,20 +32,19 @@ from .sessions._serializers import JSONSerializer as JSONSerializer
 from .sessions._serializers import Serializer as Serializer
 from .sessions._session import Session as Session
 from .sessions._session import SessionNotLoaded as SessionNotLoaded
-from .storages.bytes import BytesStorage as BytesStorage
-from .storages.cache import CacheStorage as CacheStorage
-from .storages.cache import CacheStorageStatistics as CacheStorageStatistics
-from .storages.cache import open_cache_storage as open_cache_storage
-from .storages.directory import DirectoryPurgeResult as DirectoryPurgeResult
-from .storages.directory import DirectoryStorage as DirectoryStorage
-from .storages.directory import DirectoryStorageStatistics as DirectoryStorageStatistics
-from .storages.memory import MemoryStorage as MemoryStorage
-from .storages.memory import MemoryStorageStatistics as MemoryStorageStatistics
+from .storages._bytes import BytesStorage as BytesStorage
+from .storages._cache import CacheStorage as CacheStorage
+from .storages._cache import CacheStorageStatistics as CacheStorageStatistics
+from .storages._cache import open_cache_storage as open_cache_storage
+from .storages._directory import DirectoryScan as DirectoryScan
+from .storages._directory import DirectoryStorage as DirectoryStorage
+from .storages._memory import MemoryStorage as MemoryStorage
+from .storages._memory import MemoryStorageStatistics as MemoryStorageStatistics
+from .storages._redis import RedisStorage as RedisStorage
+from .storages._redis import RedisStorageStatistics as RedisStorageStatistics
+from .storages._redis import open_redis_storage as open_redis_storage
 from .storages.postgres import PostgresStorage as PostgresStorage
 from .storages.postgres import open_postgres_storage as open_postgres_storage
-from .storages.redis import RedisStorage as RedisStorage
-from .storages.redis import RedisStorageStatistics as RedisStorageStatistics
-from .storages.redis import open_redis_storage as open_redis_storage
 
 __version__ = "0.1.0.dev0"
 
@@ -61,9 +60,8 @@ __all__ = [
     "ConditionalStorage",
     "Consumer",
     "CookieOptions",
-    "DirectoryPurgeResult",
+    "DirectoryScan",
     "DirectoryStorage",
-    "DirectoryStorageStatistics",
     "InvalidSessionId",
     "JSONSerializer",
     "MemoryStorage",

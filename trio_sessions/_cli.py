@@ -90,8 +90,8 @@ def _load(target: str) -> Callable[..., Any]:
 
 
 def _builtin_targets() -> list[tuple[str, Callable[..., Any]]]:
-    from .storages.directory import DirectoryStorage
-    from .storages.memory import MemoryStorage
+    from .storages._directory import DirectoryStorage
+    from .storages._memory import MemoryStorage
 
     root = tempfile.mkdtemp(prefix="trio-sessions-check-")
     atexit.register(shutil.rmtree, root, ignore_errors=True)
@@ -135,7 +135,7 @@ def _demo(args: argparse.Namespace) -> int:
 
 def _directory_storage(directory: str) -> Any:
     from ._errors import StorageError
-    from .storages.directory import DirectoryStorage, root_problem
+    from .storages._directory import DirectoryStorage, root_problem
 
     if not os.path.isdir(directory):
         raise UsageError(f"{directory!r} is not a directory")
@@ -168,7 +168,7 @@ def _stats(args: argparse.Namespace) -> int:
     from ._errors import StorageError
 
     try:
-        stats = trio.run(_directory_storage(args.directory).statistics)
+        stats = trio.run(_directory_storage(args.directory).scan)
     except StorageError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1

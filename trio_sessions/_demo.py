@@ -24,7 +24,7 @@ from typing import Any
 import trio
 
 from ._errors import StorageError
-from .storages.directory import DirectoryStorage
+from .storages._directory import DirectoryStorage
 
 __all__ = ["check_storage", "demo_storage", "listen", "main", "open_server", "prepare_root"]
 
@@ -71,7 +71,7 @@ def check_storage(storage: DirectoryStorage) -> None:
     a link) raise `StorageError`; a probe file written and removed raises `OSError` if
     the folder cannot be written. Blocking.
     """
-    trio.run(storage.statistics)
+    trio.run(storage.scan)
     fd, probe = tempfile.mkstemp(dir=storage.root, prefix=".probe-", suffix=".tmp")
     os.close(fd)
     os.unlink(probe)

@@ -303,7 +303,7 @@ def build_app(args: argparse.Namespace) -> Any:
     async def stats() -> Any:
         if handles.directory is None:
             return {}
-        result: Any = handles.directory.statistics()
+        result: Any = handles.directory.scan()
         if hasattr(result, "__await__"):
             result = await result
         return _plain(result)

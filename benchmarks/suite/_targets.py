@@ -20,7 +20,7 @@ from typing import Any
 import trio
 
 from trio_sessions import DirectoryStorage, MemoryStorage, SessionStorage, open_cache_storage
-from trio_sessions.storages import directory as _directory_format
+from trio_sessions.storages import _directory as _directory_format
 from trio_sessions.storages._redis_drivers import DriverName
 from trio_sessions.testing.servers import Resp
 

@@ -33,7 +33,7 @@ async def main(root: str) -> None:
         await storage.write(big, send_four_mib, ttl=3600)
         print(await storage.read(big, count_bytes), "bytes read back")
 
-        print(await storage.statistics())
+        print(await storage.scan())
         print(await storage.purge())
 
 

@@ -41,7 +41,7 @@ from typing import Any, NamedTuple, TypeVar, final
 
 import trio
 
-from .._abc import DEFAULT_MAX_SIZE
+from .._abc import DEFAULT_MAX_SIZE, PurgeResult
 from .._base import ConditionalBase
 from .._errors import SessionNotFound, StorageError
 
@@ -50,7 +50,7 @@ try:
 except ImportError:  # not a POSIX system: the constructor says so
     fcntl = None  # type: ignore[assignment]
 
-__all__ = ["DirectoryPurgeResult", "DirectoryStorage", "DirectoryStorageStatistics"]
+__all__ = ["DirectoryScan", "DirectoryStorage"]
 
 logger = logging.getLogger(__name__)
 R = TypeVar("R")
@@ -83,8 +83,8 @@ _LEDGER = os.O_RDWR | _NOFOLLOW | _CLOEXEC
 
 
 @dataclass(frozen=True, slots=True)
-class DirectoryStorageStatistics:
-    """What `DirectoryStorage.statistics` reports (from file sizes: no payload is read)."""
+class DirectoryScan:
+    """What `DirectoryStorage.scan` found (from file sizes: no payload is read)."""
 
     #: Session files, including expired ones that `~DirectoryStorage.purge` has not removed.
     sessions: int
@@ -92,20 +92,6 @@ class DirectoryStorageStatistics:
     bytes: int
     #: Temporary files: writes in progress, or debris of a crash.
     temporary: int
-
-
-@dataclass(frozen=True, slots=True)
-class DirectoryPurgeResult:
-    """What `DirectoryStorage.purge` removed."""
-
-    #: Expired sessions.
-    expired: int
-    #: Unreadable session files (truncated, corrupted, or of an unknown format).
-    corrupt: int
-    #: Temporary files older than the grace period.
-    temporary: int
-    #: Empty fan-out folders.
-    folders: int = 0
 
 
 # ------------------------------------------------------------ file primitives
@@ -841,7 +827,7 @@ class DirectoryStorage(ConditionalBase):
 
     # ----------------------------------------------------------- maintenance
 
-    async def purge(self, *, temp_grace: float = 3600.0) -> DirectoryPurgeResult:
+    async def purge(self, *, temp_grace: float = 3600.0) -> PurgeResult:
         """Remove expired sessions, unreadable files, stale temporary files, empty folders.
 
         A temporary file counts as stale when it was last modified more than
@@ -864,10 +850,14 @@ class DirectoryStorage(ConditionalBase):
 
         for top in await self._run(self._list_root, "purge"):
             counts["folders"] += await self._run(self._walk, "purge", top, purge_leaf, True)
-        return DirectoryPurgeResult(**counts)
+        return PurgeResult(**counts)
 
-    async def statistics(self) -> DirectoryStorageStatistics:
-        """Count session files, payload bytes and temporary files (reads no payload)."""
+    async def scan(self) -> DirectoryScan:
+        """Walk the root: count session files, payload bytes and temporary files.
+
+        It reads file sizes, no payload, but visits every folder: run it from a tool
+        (``trio-sessions stats``), not per request.
+        """
         self._check_open()
         totals = [0, 0, 0]
 
@@ -876,7 +866,7 @@ class DirectoryStorage(ConditionalBase):
 
         for top in await self._run(self._list_root, "count"):
             await self._run(self._walk, "count", top, count_leaf, False)
-        return DirectoryStorageStatistics(*totals)
+        return DirectoryScan(*totals)
 
     def _list_root(self, action: str) -> list[str]:
         with _os_errors(action, self._root):
