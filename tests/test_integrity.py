@@ -32,20 +32,13 @@ from trio_sessions import (
 )
 from trio_sessions.storages.postgres import open_postgres_storage
 
+from .conftest import WallClock
 from .dict_storage import CheckThenWriteStorage
 from .pg_server import postgres_server
 from .redis_servers import redis_server, require_module, require_server_binary
 from .spy_storage import DELETES, READS, WRITES, PlainSpy, Spy, disk_full
 
 IDLE = 600.0
-
-
-class WallClock:
-    def __init__(self) -> None:
-        self.now = 1_800_000_000.0
-
-    def __call__(self) -> float:
-        return self.now
 
 
 def make(storage: SessionStorage | None = None, **options: Any) -> SessionManager:

@@ -23,23 +23,11 @@ from trio_sessions import (
     StorageError,
 )
 
+from .conftest import WallClock
 from .spy_storage import WRITES, PlainSpy, Spy
 
 IDLE = 600.0
 ABSOLUTE = 3600.0
-
-
-class WallClock:
-    """A settable stand-in for `time.time`."""
-
-    def __init__(self) -> None:
-        self.now = 1_800_000_000.0
-
-    def __call__(self) -> float:
-        return self.now
-
-    def advance(self, seconds: float) -> None:
-        self.now += seconds
 
 
 def make(storage: SessionStorage | None = None, **options: Any) -> SessionManager:

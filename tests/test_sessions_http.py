@@ -20,6 +20,7 @@ import trio
 from trio_sessions import SessionNotFound, SessionStorage
 from trio_sessions._demo import open_server
 
+from .conftest import WallClock
 from .spy_storage import Spy, disk_full
 
 # Plain http only; an empty TLS context spares httpx loading CA certificates per client.
@@ -28,14 +29,6 @@ IDLE = 600.0
 ABSOLUTE = 3600.0
 NAME = "sid"
 DEFAULT_ATTRIBUTES = ["Path=/", "Secure", "HttpOnly", "SameSite=Lax"]
-
-
-class WallClock:
-    def __init__(self) -> None:
-        self.now = 1_800_000_000.0
-
-    def __call__(self) -> float:
-        return self.now
 
 
 @dataclass

@@ -18,20 +18,13 @@ import trio
 from trio_sessions import CookieOptions
 from trio_sessions._demo import open_server
 
+from .conftest import WallClock
 from .spy_storage import Spy
 
 NO_TLS = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
 HEADER = "X-Session-Id"
 NAME = "sid"
 DAY = 86400
-
-
-class WallClock:
-    def __init__(self) -> None:
-        self.now = 1_800_000_000.0
-
-    def __call__(self) -> float:
-        return self.now
 
 
 def _options(clock: WallClock) -> dict[str, Any]:
