@@ -39,34 +39,29 @@ class MissingExtra(Exception):
         )
 
 
-def _positive_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
-    return value
+def _argument(
+    convert: Callable[[str], Any], expected: str, valid: Callable[[Any], bool], bounds: str
+) -> Callable[[str], Any]:
+    """An argparse type: *convert* the text, then refuse values outside *bounds*."""
+
+    def parse(text: str) -> Any:
+        try:
+            value = convert(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected {expected}, got {text!r}") from None
+        if not valid(value):
+            got = repr(text) if convert is float else str(value)
+            raise argparse.ArgumentTypeError(f"must be {bounds}, got {got}")
+        return value
+
+    return parse
 
 
-def _port(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a port number, got {text!r}") from None
-    if not 0 <= value <= 65535:
-        raise argparse.ArgumentTypeError(f"must be from 0 to 65535, got {value}")
-    return value
-
-
-def _seconds(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a number of seconds, got {text!r}") from None
-    if math.isnan(value) or value < 0:
-        raise argparse.ArgumentTypeError(f"must be a number of seconds >= 0, got {text!r}")
-    return value
+_positive_int = _argument(int, "a whole number", lambda v: v >= 1, "at least 1")
+_port = _argument(int, "a port number", lambda v: 0 <= v <= 65535, "from 0 to 65535")
+_seconds = _argument(
+    float, "a number of seconds", lambda v: not math.isnan(v) and v >= 0, "a number of seconds >= 0"
+)
 
 
 def _load(target: str) -> Callable[..., Any]:
