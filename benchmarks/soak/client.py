@@ -8,6 +8,7 @@ response set, so there is no cookie jar here: the caller passes the cookie and r
 from __future__ import annotations
 
 import json
+import select
 from dataclasses import dataclass
 from typing import Any
 
@@ -61,7 +62,8 @@ class Response:
 
 
 class Connection:
-    """One keep-alive connection, reopened after any failure."""
+    """One keep-alive connection, reopened after any failure, and before a request if
+    the server closed it while it was idle (a killed server's connections are reset)."""
 
     def __init__(self, host: str, port: int, *, limit: float = 10.0) -> None:
         self.host = host
@@ -92,6 +94,8 @@ class Connection:
         raise HttpError("timed out")
 
     async def _request(self, method: str, target: str, cookie: str | None) -> Response:
+        if self._stream is not None and self._closed_by_peer(self._stream):
+            await self.aclose()  # as any client's pool: never send on a dead connection
         if self._stream is None or self._h11 is None:
             self._stream = await trio.open_tcp_stream(self.host, self.port)
             self._h11 = h11.Connection(our_role=h11.CLIENT)
@@ -126,3 +130,10 @@ class Connection:
         else:
             await self.aclose()
         return Response(status, response_headers, bytes(body))
+
+    @staticmethod
+    def _closed_by_peer(stream: trio.SocketStream) -> bool:
+        """Whether an idle connection is readable: the other end closed or reset it (or
+        sent something unasked, which makes it unusable too)."""
+        readable, _, _ = select.select([stream.socket.fileno()], [], [], 0)
+        return bool(readable)

@@ -9,6 +9,7 @@ import contextlib
 import errno
 import os
 import resource
+import select
 import shutil
 import signal
 import subprocess
@@ -268,9 +269,9 @@ async def slowloris(host: str, port: int, state: Slowloris, interval: float = 2.
             line = 0
             while True:
                 await trio.sleep(interval)
-                with trio.move_on_after(0):
-                    if not await stream.receive_some(1):  # the server closed it
-                        raise trio.BrokenResourceError
+                readable, _, _ = select.select([stream.socket.fileno()], [], [], 0)
+                if readable:  # the server closed it (or answered it: it gave up on it)
+                    raise trio.BrokenResourceError
                 await stream.send_all(b"X-Slow-%d: x\r\n" % line)
                 state.bytes_sent += 14
                 line += 1
