@@ -24,7 +24,6 @@ import os
 import random
 import socket
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
 from typing import Final, final
 
 import trio
@@ -34,7 +33,6 @@ from trio.lowlevel import checkpoint, notify_closing, wait_readable, wait_writab
 __all__ = [
     "Connection",
     "Pool",
-    "PoolStatistics",
     "Statement",
     "connect",
     "parse",
@@ -353,24 +351,6 @@ class _Attempt:
 
 
 @final
-@dataclass(frozen=True, slots=True)
-class PoolStatistics:
-    """What `PostgresStorage.statistics` reports about its connections."""
-
-    #: Connections open now: idle, in use, or being opened.
-    connections: int
-    #: Open connections waiting for a caller.
-    idle: int
-    #: Connections opened since the storage opened.
-    opened: int
-    #: Connections closed because their state was in doubt (a cancelled statement that
-    #: did not end in time, a lost server), including idle ones found dead.
-    discarded: int
-    #: Cancel requests sent to the server for statements of cancelled callers.
-    cancel_requests: int
-
-
-@final
 class Pool:
     """Up to *max_size* connections, opened on demand and closed after *max_idle* seconds
     unused (down to *min_size*).
@@ -394,14 +374,13 @@ class Pool:
         self._nursery: trio.Nursery | None = None
 
     def start(self, nursery: trio.Nursery) -> None:
-        """Open connections in *nursery* from now on; start `maintain` there too (once
-        the first connection is made, so that opening makes just one)."""
+        """Open connections in *nursery* from now on. Start `maintain` there once the
+        first connection is made (so that opening makes just one)."""
         self._nursery = nursery
 
-    def statistics(self) -> PoolStatistics:
-        return PoolStatistics(
-            self._open, len(self._idle), self._opened, self._discarded, self._cancels
-        )
+    def counters(self) -> tuple[int, int, int, int, int]:
+        """Connections open and idle now; opened, discarded, cancel requests so far."""
+        return self._open, len(self._idle), self._opened, self._discarded, self._cancels
 
     async def query(self, statement: Statement, params: Sequence[bytes | None]) -> pq.abc.PGresult:
         connection = await self._acquire()

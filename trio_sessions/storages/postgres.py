@@ -33,6 +33,7 @@ import struct
 import time
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, final
 
 import trio
@@ -42,9 +43,14 @@ from .._base import ConditionalBase, collapsed_errors
 from .._errors import StorageError
 
 if TYPE_CHECKING:
-    from ._pq import Pool, PoolStatistics, Statement
+    from ._pq import Pool, Statement
 
-__all__ = ["PURGE_BATCH", "PostgresStorage", "open_postgres_storage", "schema_sql"]
+__all__ = [
+    "PostgresStorage",
+    "PostgresStorageStatistics",
+    "open_postgres_storage",
+    "schema_sql",
+]
 
 _NAME = r"[A-Za-z_][A-Za-z0-9_]{0,47}"
 _TABLE = re.compile(rf"(?:({_NAME})\.)?({_NAME})", re.ASCII)
@@ -60,6 +66,24 @@ _EPOCH_2000 = 946_684_800.0
 _INFINITY = 2**63 - 1
 _LAST_MICROSECOND = 9_223_371_331_200_000_000  # PostgreSQL's end of time, 294277 AD
 _random = random.Random()  # reseeded in a forked child, like the module's
+
+
+@final
+@dataclass(frozen=True, slots=True)
+class PostgresStorageStatistics:
+    """What `PostgresStorage.statistics` reports about its connections."""
+
+    #: Connections open now: idle, in use, or being opened.
+    connections: int
+    #: Open connections waiting for an operation.
+    idle: int
+    #: Connections opened since the storage opened.
+    opened: int
+    #: Connections closed because their state was in doubt (a cancelled statement that
+    #: did not end in time, a lost server), including idle ones found dead.
+    discarded: int
+    #: Cancel requests sent to the server for statements of cancelled operations.
+    cancel_requests: int
 
 
 def _split_table(table: str) -> tuple[str, str]:
@@ -216,9 +240,9 @@ class PostgresStorage(ConditionalBase):
         """The table that holds the sessions."""
         return self._table
 
-    def statistics(self) -> PoolStatistics:
-        """The connection pool's counters (open, idle, opened, discarded, cancel requests)."""
-        return self._pool.statistics()
+    def statistics(self) -> PostgresStorageStatistics:
+        """The connection pool's counters: what is open now, and what happened so far."""
+        return PostgresStorageStatistics(*self._pool.counters())
 
     async def purge(self) -> int:
         """Delete expired sessions; return how many.
