@@ -24,10 +24,9 @@ from ._errors import StorageError
 if TYPE_CHECKING:
     from trio_asyncio import TrioEventLoop
 
-__all__ = ["AsyncioByteStore", "AsyncioStorage", "BridgedStorage", "open_asyncio_storage"]
+__all__ = ["AsyncioByteStore", "AsyncioStorage", "open_asyncio_storage"]
 
 T = TypeVar("T")
-S = TypeVar("S", bound="BridgedStorage")
 
 #: How long closing may wait for the asyncio side to release its resources.
 CLOSE_GRACE = 10.0
@@ -56,8 +55,10 @@ async def _call_in_asyncio(fn: Callable[..., Awaitable[T]], *args: Any) -> T:
     return await fn(*args)
 
 
-class BridgedStorage(StorageBase):
-    """A storage whose hooks run on the asyncio side (base of the bridged backends)."""
+@final
+class AsyncioStorage(StorageBase):
+    """The `SessionStorage` that `open_asyncio_storage` yields: its hooks run on the
+    asyncio side."""
 
     def __init__(
         self,
@@ -117,11 +118,6 @@ class BridgedStorage(StorageBase):
                 raise self._failure("close", exc) from exc
 
 
-@final
-class AsyncioStorage(BridgedStorage):
-    """The `SessionStorage` that `open_asyncio_storage` yields."""
-
-
 @asynccontextmanager
 async def _asyncio_loop() -> AsyncIterator[TrioEventLoop]:
     """Join the trio-asyncio loop of the enclosing ``open_loop()``, or open one."""
@@ -165,28 +161,6 @@ async def _enter(
 
 
 @asynccontextmanager
-async def open_bridged(
-    cls: Callable[..., S],
-    store: AsyncioByteStore | AbstractAsyncContextManager[AsyncioByteStore],
-    **kwargs: Any,
-) -> AsyncIterator[S]:
-    """Open a loop (or join one), enter *store*, yield ``cls(loop, store, close, ...)``."""
-    async with _asyncio_loop() as loop:
-        backend, release = await _enter(loop, store, getattr(cls, "__name__", "storage"))
-        try:
-            storage = cls(loop, backend, release, **kwargs)
-        except BaseException:
-            if release is not None:
-                with trio.move_on_after(CLOSE_GRACE, shield=True):
-                    await loop.run_aio_coroutine(_call_in_asyncio(release))
-            raise
-        try:
-            yield storage
-        finally:
-            await storage.aclose()
-
-
-@asynccontextmanager
 async def open_asyncio_storage(
     store: AsyncioByteStore | AbstractAsyncContextManager[AsyncioByteStore],
     *,
@@ -207,5 +181,16 @@ async def open_asyncio_storage(
 
     Requires the ``asyncio`` extra (trio-asyncio).
     """
-    async with open_bridged(AsyncioStorage, store, max_size=max_size) as storage:
-        yield storage
+    async with _asyncio_loop() as loop:
+        backend, release = await _enter(loop, store, "AsyncioStorage")
+        try:
+            storage = AsyncioStorage(loop, backend, release, max_size=max_size)
+        except BaseException:
+            if release is not None:
+                with trio.move_on_after(CLOSE_GRACE, shield=True):
+                    await loop.run_aio_coroutine(_call_in_asyncio(release))
+            raise
+        try:
+            yield storage
+        finally:
+            await storage.aclose()
