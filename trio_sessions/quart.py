@@ -27,9 +27,8 @@ from typing import TYPE_CHECKING, Any, final
 import trio
 
 try:
-    from quart import Response, abort
-    from quart import session as _current_session
-    from quart.globals import request_ctx, websocket_ctx
+    import quart.globals
+    from quart import Response, abort, has_request_context
     from quart.sessions import NullSession, SessionInterface
     from quart_trio import QuartTrio
 except ImportError as exc:  # pragma: no cover - depends on the environment
@@ -164,11 +163,11 @@ class TrioSessionInterface(SessionInterface):
 
     async def _reject_request(self) -> Response | None:
         await trio.lowlevel.checkpoint()
-        return _unavailable() if isinstance(request_ctx.session, _UnavailableSession) else None
+        return _unavailable() if isinstance(_session_now(), _UnavailableSession) else None
 
     async def _reject_websocket(self) -> Response | None:
         await trio.lowlevel.checkpoint()
-        return _unavailable() if isinstance(websocket_ctx.session, _UnavailableSession) else None
+        return _unavailable() if isinstance(_session_now(), _UnavailableSession) else None
 
 
 def _replace(response: Response | WerkzeugResponse, status: int, body: str) -> None:
@@ -180,13 +179,28 @@ def _replace(response: Response | WerkzeugResponse, status: int, body: str) -> N
     response.headers.remove("Set-Cookie")
 
 
+def _session_now() -> object:
+    """The current request's or websocket's session object, as Quart holds it.
+
+    Read from the context itself: Quart 0.23's proxy marks the session accessed.
+    """
+    request_ctx = getattr(quart.globals, "request_ctx", None)
+    if request_ctx is None:  # Quart 0.23 and later: one app context
+        context: Any = getattr(quart.globals, "app_ctx")._get_current_object()  # noqa: B009
+        return context._session
+    # Quart 0.22 and earlier: request and websocket contexts.
+    if not has_request_context():
+        request_ctx = getattr(quart.globals, "websocket_ctx")  # noqa: B009
+    return request_ctx._get_current_object().session
+
+
 def current_session() -> Session:
     """The current request's (or websocket's) session, typed as a `trio_sessions.Session`.
 
     ``quart.session`` is the same object, typed as Flask's ``SessionMixin``; use this
     to reach `Session.regenerate` and `Session.invalidate` without a cast.
     """
-    value = _current_session._get_current_object()  # type: ignore[attr-defined]
+    value = _session_now()
     if not isinstance(value, Session):
         raise RuntimeError("no trio_sessions session: call init_app(app, storage) first")
     return value

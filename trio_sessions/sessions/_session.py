@@ -252,6 +252,14 @@ class Session(dict[str, Any]):
         """Whether the request read or changed the data (its response then varies by cookie)."""
         return self._accessed
 
+    @accessed.setter
+    def accessed(self, value: bool) -> None:
+        # Quart (0.23 and later) sets this whenever its session proxy is looked up,
+        # even by the framework itself after every request; the session tracks the
+        # reads and writes of its data instead, so that a response that never used it
+        # does not vary by cookie.
+        pass
+
     @property
     def created_at(self) -> float:
         """When this session (or its current id, after `regenerate`) began, in epoch seconds."""
