@@ -28,9 +28,9 @@ from trio_sessions import (
     SessionNotFound,
     SessionStorage,
     StorageError,
+    open_postgres_storage,
     open_redis_storage,
 )
-from trio_sessions.storages.postgres import open_postgres_storage
 
 from .conftest import WallClock
 from .dict_storage import CheckThenWriteStorage

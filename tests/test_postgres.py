@@ -20,9 +20,17 @@ import pytest
 import trio
 import trio.testing
 
-from trio_sessions import SessionNotFound, StorageError, Versioned, WriteConflict
-from trio_sessions.storages import _pq, postgres
-from trio_sessions.storages.postgres import PostgresStorage, open_postgres_storage, schema_sql
+from trio_sessions import (
+    PostgresStorage,
+    PostgresStorageStatistics,
+    PurgeResult,
+    SessionNotFound,
+    StorageError,
+    Versioned,
+    WriteConflict,
+    open_postgres_storage,
+)
+from trio_sessions.storages import _postgres, _pq
 from trio_sessions.testing import ManualClock, StorageConformance
 from trio_sessions.testing import servers as private_servers
 from trio_sessions.testing.pytest_plugin import require_module
@@ -152,7 +160,7 @@ async def test_ids_are_stored_hashed_in_the_documented_schema(dsn: str) -> None:
             assert (data, version >= 1) == (b"payload", True)
             dump = await sql.value("SELECT string_agg(t::text, '') FROM hashed t")
             assert "visible-id" not in dump
-            assert 'CREATE TABLE IF NOT EXISTS "hashed"' in schema_sql("hashed")
+            assert 'CREATE TABLE IF NOT EXISTS "hashed"' in PostgresStorage.schema_sql("hashed")
 
 
 async def test_expired_rows_are_invisible_and_purged(dsn: str) -> None:
@@ -169,8 +177,8 @@ async def test_expired_rows_are_invisible_and_purged(dsn: str) -> None:
                     await storage.read_bytes("short")
                 count = "SELECT count(*) FROM expiry"
                 assert await sql.value(count) == 4  # reads change nothing
-                assert await storage.purge() == 1
-                assert await storage.purge() == 0
+                assert await storage.purge() == PurgeResult(expired=1)
+                assert await storage.purge() == PurgeResult(expired=0)
                 assert await sql.value(count) == 3
                 assert await storage.read_bytes("long") == b"l"
                 assert await storage.read_bytes("forever") == b"f"
@@ -180,12 +188,12 @@ async def test_expired_rows_are_invisible_and_purged(dsn: str) -> None:
             async with open_postgres_storage(dsn, table="expiry", clock=clock) as storage:
                 with pytest.raises(SessionNotFound):
                     await storage.read_bytes("long")
-                assert await storage.purge() == 1
+                assert await storage.purge() == PurgeResult(expired=1)
                 assert await storage.read_bytes("forever") == b"f"
 
 
 async def test_purge_works_in_batches(dsn: str, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(postgres, "PURGE_BATCH", 3)
+    monkeypatch.setattr(_postgres, "PURGE_BATCH", 3)
     clock = ManualClock()
     with trio.fail_after(20):
         async with open_postgres_storage(dsn, table="batches", clock=clock) as storage:
@@ -193,7 +201,7 @@ async def test_purge_works_in_batches(dsn: str, monkeypatch: pytest.MonkeyPatch)
                 await storage.write_bytes(f"s{n}", b"x", ttl=1)
             await storage.write_bytes("kept", b"k", ttl=1000)
             clock.advance(2)
-            assert await storage.purge() == 10
+            assert (await storage.purge()).expired == 10
             assert await storage.read_bytes("kept") == b"k"
             await storage.aclose()
             with pytest.raises(trio.ClosedResourceError):
@@ -432,6 +440,7 @@ async def test_a_cancelled_write_waiting_on_a_lock_is_cancelled_on_the_server(ds
             await storage.write_bytes("held", b"newer")
             assert await storage.read_bytes("held") == b"newer"
             stats = storage.statistics()
+            assert isinstance(stats, PostgresStorageStatistics)
             assert (stats.opened, stats.discarded, stats.cancel_requests) == (1, 0, 1)
 
 

@@ -40,11 +40,12 @@ from .storages._directory import DirectoryScan as DirectoryScan
 from .storages._directory import DirectoryStorage as DirectoryStorage
 from .storages._memory import MemoryStorage as MemoryStorage
 from .storages._memory import MemoryStorageStatistics as MemoryStorageStatistics
+from .storages._postgres import PostgresStorage as PostgresStorage
+from .storages._postgres import PostgresStorageStatistics as PostgresStorageStatistics
+from .storages._postgres import open_postgres_storage as open_postgres_storage
 from .storages._redis import RedisStorage as RedisStorage
 from .storages._redis import RedisStorageStatistics as RedisStorageStatistics
 from .storages._redis import open_redis_storage as open_redis_storage
-from .storages.postgres import PostgresStorage as PostgresStorage
-from .storages.postgres import open_postgres_storage as open_postgres_storage
 
 __version__ = "0.1.0.dev0"
 
@@ -67,6 +68,7 @@ __all__ = [
     "MemoryStorage",
     "MemoryStorageStatistics",
     "PostgresStorage",
+    "PostgresStorageStatistics",
     "Provider",
     "PurgeResult",
     "RedisStorage",

@@ -177,7 +177,7 @@ def _purge(args: argparse.Namespace) -> int:
     if args.directory is not None:
         return _purge_directory(args)
     from ._errors import StorageError
-    from .storages.postgres import open_postgres_storage
+    from .storages._postgres import open_postgres_storage
 
     try:
         import psycopg  # noqa: F401
@@ -186,7 +186,7 @@ def _purge(args: argparse.Namespace) -> int:
 
     async def purge() -> int:
         async with open_postgres_storage(args.postgres, table=args.table, create_table=False) as s:
-            return await s.purge()
+            return (await s.purge()).expired
 
     try:
         deleted = trio.run(purge)

@@ -38,23 +38,18 @@ from typing import TYPE_CHECKING, final
 
 import trio
 
-from .._abc import DEFAULT_MAX_SIZE
+from .._abc import DEFAULT_MAX_SIZE, PurgeResult
 from .._base import ConditionalBase, collapsed_errors
 from .._errors import StorageError
 
 if TYPE_CHECKING:
     from ._pq import Pool, Statement
 
-__all__ = [
-    "PostgresStorage",
-    "PostgresStorageStatistics",
-    "open_postgres_storage",
-    "schema_sql",
-]
+__all__ = ["PostgresStorage", "PostgresStorageStatistics", "open_postgres_storage"]
 
 _NAME = r"[A-Za-z_][A-Za-z0-9_]{0,47}"
 _TABLE = re.compile(rf"(?:({_NAME})\.)?({_NAME})", re.ASCII)
-#: Rows deleted per statement by `PostgresStorage.purge` (short locks, bounded WAL bursts).
+# Rows deleted per statement by `PostgresStorage.purge` (short locks, bounded WAL bursts).
 PURGE_BATCH = 5000
 
 # Binary wire formats: bytea is the bytes themselves, bigint 8 bytes big-endian, and
@@ -98,8 +93,7 @@ def _split_table(table: str) -> tuple[str, str]:
     return (f'"{schema}"."{name}"' if schema else f'"{name}"'), name
 
 
-def schema_sql(table: str = "trio_sessions") -> str:
-    """The SQL that creates *table* and its index (what ``create_table=True`` runs)."""
+def _schema_sql(table: str) -> str:
     qualified, name = _split_table(table)
     return (
         f"CREATE TABLE IF NOT EXISTS {qualified} (\n"
@@ -244,13 +238,18 @@ class PostgresStorage(ConditionalBase):
         """The connection pool's counters: what is open now, and what happened so far."""
         return PostgresStorageStatistics(*self._pool.counters())
 
-    async def purge(self) -> int:
-        """Delete expired sessions; return how many.
+    @staticmethod
+    def schema_sql(table: str = "trio_sessions") -> str:
+        """The SQL that creates *table* and its index (what ``create_table=True`` runs)."""
+        return _schema_sql(table)
+
+    async def purge(self) -> PurgeResult:
+        """Delete expired sessions; return how many (`PurgeResult.expired`).
 
         Reads already ignore expired rows; purging reclaims their space. Run it on a
         schedule (every few minutes to hourly, from one process: ``trio-sessions purge
-        --postgres DSN`` does it from cron). It deletes in batches of `PURGE_BATCH` rows
-        and never deletes a session renewed while it runs.
+        --postgres DSN`` does it from cron). It deletes in batches of 5,000 rows (short
+        locks) and never deletes a session renewed while it runs.
         """
         self._check_running()
         now = _timestamp(self._clock())  # fixed: rows that expire meanwhile wait for next time
@@ -264,7 +263,7 @@ class PostgresStorage(ConditionalBase):
             deleted = result.command_tuples or 0
             total += deleted
             if deleted < PURGE_BATCH:
-                return total
+                return PurgeResult(expired=total)
 
     async def run(  # noqa: ASYNC114
         self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED
@@ -384,7 +383,7 @@ class PostgresStorage(ConditionalBase):
                 f" add it with: {_migration_sql(self._quoted)}"
                 " or open the storage with create_table=True"
             )
-        ddl = _migration_sql(self._quoted) if exists else schema_sql(self._table)
+        ddl = _migration_sql(self._quoted) if exists else _schema_sql(self._table)
         # Serialize creators: concurrent CREATE ... IF NOT EXISTS can still collide.
         lock = f"SELECT pg_advisory_xact_lock(hashtext('{literal}'));\n"
         await self._pool.execute((lock + ddl).encode())
@@ -417,7 +416,8 @@ async def open_postgres_storage(
     :param min_connections: connections kept open while idle (re-opened after a loss).
     :param max_idle: seconds after which an unused connection beyond
         *min_connections* is closed.
-    :param create_table: create the table and its index if missing (see `schema_sql`),
+    :param create_table: create the table and its index if missing (see
+        `PostgresStorage.schema_sql`),
         and add the ``version`` column to a table made by an older version; with
         ``False`` the table must exist with that column.
     :param clock: seconds since the epoch, for expiry times (`time.time`).
