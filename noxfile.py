@@ -48,11 +48,22 @@ def existing(*names: str) -> list[str]:
     return [name for name in names if (ROOT / name).exists()]
 
 
-@nox.session(python=pythons())
+PYTHONS = pythons()
+
+
+@nox.session(python=PYTHONS)
 def tests(session: nox.Session) -> None:
-    """Run the test suite; arguments after ``--`` go to pytest."""
+    """Run the test suite; arguments after ``--`` go to pytest.
+
+    The first Python runs every test; the others leave out the slow ones (several
+    processes, killed servers, a real browser, the benchmark suite), which exercise the
+    same code at length, to keep a whole run under twenty minutes on two cores.
+    """
     session.install("-e", ".[dev]")
-    session.run("pytest", *session.posargs)
+    first = session.python == PYTHONS[0]
+    session.run(
+        "pytest", *([] if first or session.posargs else ["-m", "not slow"]), *session.posargs
+    )
 
 
 @nox.session

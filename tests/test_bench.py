@@ -178,6 +178,8 @@ for name in ("starsessions", "cachelib", "diskcache"):
     sys.modules[name] = None
 """
 
+pytestmark = pytest.mark.slow  # the benchmark suite, run
+
 
 def test_bench_says_what_it_skipped_and_names_only_the_peers_it_ran(tmp_path: Path) -> None:
     output = tmp_path / "results"

@@ -31,6 +31,8 @@ import httpx2 as httpx
 import pytest
 import trio
 
+pytestmark = pytest.mark.slow  # a real browser
+
 CHROMIUM = "/usr/bin/chromium"
 CHROMIUM_FLAGS = [
     "--no-sandbox",

@@ -38,7 +38,10 @@ CAS_WINS = int(os.environ.get("TRIO_SESSIONS_CAS_WINS", "300"))
 RACE_ROUNDS = int(os.environ.get("TRIO_SESSIONS_RACE_ROUNDS", "100"))
 FLOOD = int(os.environ.get("TRIO_SESSIONS_FLOOD", "100000"))
 
-pytestmark = pytest.mark.skipif(sys.platform != "linux", reason="uses SIGKILL and /proc")
+pytestmark = [
+    pytest.mark.skipif(sys.platform != "linux", reason="uses SIGKILL and /proc"),
+    pytest.mark.slow,  # several processes, kills and floods
+]
 
 
 def temp_files(root: Path) -> list[Path]:

@@ -37,6 +37,8 @@ from trio_sessions.storages._redis import (
 
 from .redis_servers import RedisServer, redis_server, require_module
 
+pytestmark = pytest.mark.slow  # servers killed and restarted under load
+
 RESTARTS = int(os.environ.get("TRIO_SESSIONS_REDIS_RESTARTS", "10"))
 CANCELS = int(os.environ.get("TRIO_SESSIONS_REDIS_CANCELS", "1000"))
 MISSING = None
