@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable, Sequence
 
-import trio
+import sniffio
 
 from .._abc import SessionStorage
 from .._errors import UNAVAILABLE, SessionNotFound
@@ -60,13 +60,14 @@ def response_headers(
 def check_trio(integration: str) -> None:
     """Refuse to run outside trio, with what to do instead."""
     try:
-        trio.lowlevel.current_trio_token()
-    except RuntimeError:
+        library = sniffio.current_async_library()
+    except sniffio.AsyncLibraryNotFoundError:
+        library = "no event loop"
+    if library != "trio":
         raise RuntimeError(
-            f"{integration} runs on trio, but this server runs the app on another event "
-            "loop (asyncio?): serve it with Hypercorn's trio worker, "
-            "`hypercorn --worker-class trio module:app`"
-        ) from None
+            f"{integration} runs on trio, but this server runs the app on {library}: serve "
+            "it with Hypercorn's trio worker, `hypercorn --worker-class trio module:app`"
+        )
 
 
 async def probe(storage: SessionStorage) -> None:
