@@ -147,8 +147,6 @@ class PostgresStorage(ConditionalBase):
     Operations before `run` has started raise `RuntimeError`.
     """
 
-    _hooks_yield = True  # every hook waits for the server
-
     def __init__(
         self,
         dsn: str,

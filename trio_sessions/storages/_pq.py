@@ -24,11 +24,17 @@ import os
 import random
 import socket
 from collections.abc import Callable, Sequence
-from typing import Final, final
+from typing import Any, Final, final
 
 import trio
 from psycopg import DatabaseError, OperationalError, errors, pq
-from trio.lowlevel import checkpoint, notify_closing, wait_readable, wait_writable
+from trio.lowlevel import (
+    cancel_shielded_checkpoint,
+    checkpoint,
+    notify_closing,
+    wait_readable,
+    wait_writable,
+)
 
 __all__ = [
     "Connection",
@@ -247,24 +253,35 @@ class Connection:
         """Run a prepared statement; return its one result (binary)."""
         pg = self.pg
         if statement.name not in self._prepared:
-            pg.send_prepare(statement.name, statement.sql, statement.types)
+            await self._send(pg.send_prepare, statement.name, statement.sql, statement.types)
             # A server error means not prepared (the connection is fine). After a
             # cancelled attempt it may be: preparing again then says it already is.
             results = await self._round_trip()
             if not (results and _sqlstate(results[0]) == _DUPLICATE_STATEMENT):
                 _one(results)
             self._prepared.add(statement.name)
-        pg.send_query_prepared(statement.name, params, statement.formats, _BINARY)
+        send = pg.send_query_prepared
+        await self._send(send, statement.name, params, statement.formats, _BINARY)
         return _one(await self._round_trip())
 
     async def execute(self, sql: bytes) -> list[pq.abc.PGresult]:
         """Run ``;``-separated statements without parameters, in one transaction;
         return their results (text format)."""
-        self.pg.send_query(sql)
+        await self._send(self.pg.send_query, sql)
         results = await self._round_trip()
         for result in results:
             _one([result])
         return results
+
+    async def _send(self, send: Callable[..., None], *args: Any) -> None:  # noqa: ASYNC910
+        """Queue a message (libpq sends what it can at once); a lost connection fails
+        here, after a schedule point like every other outcome of an operation."""
+        try:
+            send(*args)
+        except OperationalError:
+            self.broken = True
+            await cancel_shielded_checkpoint()
+            raise
 
     async def _round_trip(self) -> list[pq.abc.PGresult]:
         try:
@@ -397,6 +414,9 @@ class Pool:
             self._release(connection)
 
     async def _acquire(self) -> Connection:
+        if self._closed:
+            await checkpoint()
+            raise trio.ClosedResourceError("the connection pool is closed")
         if self._down is not None and not self._idle:
             await checkpoint()
             raise OperationalError(f"the server is unreachable: {self._down}")
@@ -410,7 +430,7 @@ class Pool:
                 if connection.alive():
                     return connection  # noqa: ASYNC910 (the caller's statement waits next)
                 self._discard(connection)
-            if self._closed:
+            if self._closed:  # while waiting for a slot
                 raise trio.ClosedResourceError("the connection pool is closed")
             down = self._down
         except BaseException:
