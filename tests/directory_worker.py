@@ -28,6 +28,7 @@ import trio
 
 from trio_sessions import DirectoryStorage, SessionNotFound, StorageError, WriteConflict
 from trio_sessions.storages import _directory as directory_module
+from trio_sessions.testing import read_all
 
 IDS = [f"shared-session-{n}" for n in range(12)]
 SIZES = [40, 900, 5_000, 30_000, 70_000, 150_000, 300_000]  # the larger ones stream
@@ -59,13 +60,6 @@ def provider_of(value: bytes) -> Callable[[trio.abc.SendStream], Awaitable[None]
             await stream.send_all(value[start : start + 16 * 1024])
 
     return provider
-
-
-async def read_all(stream: trio.abc.ReceiveStream) -> bytes:
-    parts = []
-    while chunk := await stream.receive_some():
-        parts.append(chunk)
-    return b"".join(parts)
 
 
 async def write_one(storage: DirectoryStorage, rng: random.Random, sid: str, value: bytes) -> None:

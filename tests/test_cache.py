@@ -30,6 +30,7 @@ from trio_sessions import (
 )
 from trio_sessions._base import ConditionalBase
 from trio_sessions.testing import ManualClock, StorageConformance
+from trio_sessions.testing import read_all as _read_all
 
 from .dict_storage import DictStorage
 
@@ -293,13 +294,6 @@ _PLANS = st.binary(min_size=200, max_size=200).map(plan_from_bytes)
 def _value(writer: int, seq: int, large: bool) -> bytes:
     tag = f"<{writer}:{seq}>".encode()
     return tag * (70_000 // len(tag) + 1) if large else tag
-
-
-async def _read_all(stream: trio.abc.ReceiveStream) -> bytes:
-    parts = []
-    while chunk := await stream.receive_some():
-        parts.append(bytes(chunk))
-    return b"".join(parts)
 
 
 def run_plan(plan: Plan, cache_type: type[CacheStorage] = CacheStorage) -> str | None:

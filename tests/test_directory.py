@@ -30,7 +30,7 @@ from trio_sessions import (
     WriteConflict,
 )
 from trio_sessions.storages import _directory as directory_module
-from trio_sessions.testing import ManualClock
+from trio_sessions.testing import ManualClock, read_all
 
 SMALL = b"small session"
 LARGE = bytes(range(256)) * 1200  # 300 KiB: streams in several chunks
@@ -65,13 +65,6 @@ def provider_of(
             await stream.send_all(value[start : start + piece])
 
     return provider
-
-
-async def read_all(stream: trio.abc.ReceiveStream) -> bytes:
-    parts = []
-    while chunk := await stream.receive_some():
-        parts.append(chunk)
-    return b"".join(parts)
 
 
 @pytest.fixture

@@ -29,6 +29,7 @@ from trio_sessions import (
     WriteConflict,
 )
 from trio_sessions.storages import _directory as directory_module
+from trio_sessions.testing import read_all
 
 FILE_FUNCTIONS = frozenset(
     {"open", "close", "read", "write", "fstat", "fsync", "lseek", "replace", "rename"}
@@ -79,13 +80,6 @@ class FaultyOs:
             return real(*args, **kwargs)
 
         return call
-
-
-async def read_all(stream: trio.abc.ReceiveStream) -> bytes:
-    parts = []
-    while chunk := await stream.receive_some():
-        parts.append(chunk)
-    return b"".join(parts)
 
 
 def provider_of(value: bytes) -> Callable[[trio.abc.SendStream], Awaitable[None]]:

@@ -27,8 +27,9 @@ import pytest
 import trio
 
 from trio_sessions import DirectoryStorage, PurgeResult, SessionNotFound
+from trio_sessions.testing import read_all
 
-from .directory_worker import CAS_ID, IDS, make_value, parse_value, race_id, read_all
+from .directory_worker import CAS_ID, IDS, make_value, parse_value, race_id
 
 WORKER = str(Path(__file__).with_name("directory_worker.py"))
 KILLS = int(os.environ.get("TRIO_SESSIONS_CRASH_KILLS", "20"))

@@ -18,6 +18,7 @@ import pytest
 import trio
 
 from trio_sessions import DirectoryStorage, SessionNotFound, StorageError
+from trio_sessions.testing import read_all
 
 NOBODY = 65534
 SID = "victim-session"
@@ -43,13 +44,6 @@ def give_away(path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
         os.chown(path, NOBODY, NOBODY)
     else:
         monkeypatch.setattr(os, "geteuid", lambda: os.getuid() + 1)
-
-
-async def read_all(stream: trio.abc.ReceiveStream) -> bytes:
-    parts = []
-    while chunk := await stream.receive_some():
-        parts.append(chunk)
-    return b"".join(parts)
 
 
 async def provider(stream: trio.abc.SendStream) -> None:

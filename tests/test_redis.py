@@ -35,6 +35,7 @@ from trio_sessions.storages._redis import (
     open_redis_storage,
 )
 from trio_sessions.storages._redis_drivers import AutoPipeline, Command
+from trio_sessions.testing import read_all
 
 from .redis_servers import RedisServer, free_port, redis_cluster, redis_server, require_module
 
@@ -73,13 +74,6 @@ async def opened(server: RedisServer, driver: str, **kwargs: Any) -> AsyncIterat
         **kwargs,
     ) as storage:
         yield storage
-
-
-async def read_all(stream: trio.abc.ReceiveStream) -> bytes:
-    parts = []
-    while chunk := await stream.receive_some():
-        parts.append(chunk)
-    return b"".join(parts)
 
 
 def provider_of(value: bytes) -> Callable[[trio.abc.SendStream], Awaitable[None]]:

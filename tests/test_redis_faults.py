@@ -34,6 +34,7 @@ from trio_sessions.storages._redis import (
     RedisStorage,
     open_redis_storage,
 )
+from trio_sessions.testing import read_all
 
 from .redis_servers import RedisServer, redis_server, require_module
 
@@ -99,13 +100,6 @@ class Tally:
     wrong: list[str] = field(default_factory=list)
     lost: list[str] = field(default_factory=list)
     unexpected: list[str] = field(default_factory=list)
-
-
-async def read_all(stream: trio.abc.ReceiveStream) -> bytes:
-    parts = []
-    while chunk := await stream.receive_some():
-        parts.append(chunk)
-    return b"".join(parts)
 
 
 def provider(value: bytes) -> Callable[[trio.abc.SendStream], Awaitable[None]]:
