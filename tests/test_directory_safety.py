@@ -76,7 +76,7 @@ async def assert_refused(storage: DirectoryStorage, path: Path, *words: str) -> 
             assert word in message, (name, message)
 
 
-async def test_a_root_others_may_write_to_is_refused_at_construction(tmp_path: Path) -> None:
+async def test_a_root_others_may_write_to_is_refused_at_construction(tmp_path: Path) -> None:  # noqa: ASYNC124
     root = tmp_path / "sessions"
     root.mkdir()
     os.chmod(root, 0o777)

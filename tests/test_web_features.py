@@ -265,7 +265,7 @@ def test_a_context_manager_instead_of_a_factory_is_refused_at_construction() -> 
     from trio_sessions import MemoryStorage, open_cache_storage
     from trio_sessions.asgi import SessionMiddleware
 
-    async def app(scope: Any, receive: Any, send: Any) -> None:
+    async def app(scope: Any, receive: Any, send: Any) -> None:  # noqa: ASYNC124
         raise AssertionError("not reached")
 
     with pytest.raises(TypeError, match=r"lambda: open_cache_storage\(\.\.\.\)"):
@@ -282,13 +282,13 @@ def test_the_middleware_under_asyncio_says_to_use_the_trio_worker() -> None:
     from trio_sessions import MemoryStorage
     from trio_sessions.asgi import SessionMiddleware
 
-    async def app(scope: Any, receive: Any, send: Any) -> None:
+    async def app(scope: Any, receive: Any, send: Any) -> None:  # noqa: ASYNC124
         raise AssertionError("not reached")
 
     middleware = SessionMiddleware(app, storage=MemoryStorage())
     scope = {"type": "http", "path": "/", "headers": []}
 
-    async def noop(*args: Any) -> Any:
+    async def noop(*args: Any) -> Any:  # noqa: ASYNC124
         return None
 
     with pytest.raises(RuntimeError, match="--worker-class trio"):
