@@ -197,7 +197,11 @@ async def _open_backend(args: argparse.Namespace, handles: Handles) -> AsyncIter
     elif args.backend == "redis":
         from trio_sessions import open_redis_storage
 
-        async with open_redis_storage(args.redis_url, driver="glide") as storage:
+        # Every write waits for Valkey's fsync of its append-only file: on a busy disk that
+        # takes longer than glide's default request timeout (250 ms).
+        async with open_redis_storage(
+            args.redis_url, driver="glide", request_timeout=5000
+        ) as storage:
             yield storage
     else:
         import trio_sessions

@@ -502,15 +502,17 @@ def _judge(
         return any(sent <= end and start <= done for start, end in windows)
 
     five: dict[str, int] = {}
-    allowed = unexpected_5xx = injected_5xx = 0
-    for sent, done, status, _path, blip in users.get("server_errors", []):
+    allowed = injected_5xx = 0
+    unexpected: list[tuple[float, int, str]] = []
+    for sent, done, status, path, blip in users.get("server_errors", []):
         five[str(status)] = five.get(str(status), 0) + 1
         if blip and status == 503:
             injected_5xx += 1
         elif status == 503 and during_outage(sent, done):
             allowed += 1
         else:
-            unexpected_5xx += 1
+            unexpected.append((round(sent - t0, 2), status, path))
+    unexpected_5xx = len(unexpected)
     errors = users.get("connection_errors", [])
     outside = [(sent, done) for sent, done in errors if not during_outage(sent, done)]
     errors_outside = len(outside)
@@ -548,6 +550,7 @@ def _judge(
         "server_errors_during_outages": allowed,
         "server_errors_injected": injected_5xx,
         "server_errors_unexpected": unexpected_5xx,
+        "unexpected_5xx_examples": unexpected[:10],
         "connection_errors": len(errors),
         "connection_errors_outside_outages": errors_outside,
         # When those requests were sent and given up, and the outages, in seconds of the run.

@@ -60,7 +60,8 @@ class Config:
     slow_delay: float = 0.3
     #: Probability of a ``GET /state`` check after an increment.
     check_state: float = 0.1
-    timeout: float = 10.0
+    #: Seconds a request may take before it counts as unanswered.
+    timeout: float = 30.0
     #: How long the final logouts and re-checks may take, in seconds.
     final_seconds: float = 60.0
     #: Cookies of logged-out sessions each user tries again at the end (its latest ones).
@@ -363,8 +364,8 @@ class User:
         return True
 
     async def run(self) -> None:
-        # Spread the users' starts over the first half second.
-        await trio.sleep(self.rng.uniform(0, 0.5))
+        # Spread the users' starts over the first tenth of the run (5 s at most).
+        await trio.sleep(self.rng.uniform(0, min(5.0, self.config.duration / 10)))
         while self.running():
             await self.session()
 
