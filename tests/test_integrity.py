@@ -341,7 +341,8 @@ async def _interleaving(
     known_ids = [cookie]
     acked_sets: dict[str, int] = {}  # key -> value, for acknowledged saves
     acked_deleted: set[str] = set()
-    shared_acks: list[int] = []
+    shared_acks: list[tuple[int, int, int]] = []  # (request, save started, save acknowledged)
+    ticks = iter(range(1_000_000))
     logouts_acked = 0
     survivors: list[str] = []  # new ids whose rotation was acknowledged
     pause_iter = iter(pauses)
@@ -383,6 +384,7 @@ async def _interleaving(
                     session.invalidate()
                     logout_requested = True
                 elif step == "save":
+                    started = next(ticks)
                     header = await manager.save(session)
                     if logout_requested:
                         logouts_acked += 1
@@ -392,7 +394,7 @@ async def _interleaving(
                             acked_deleted.add(key)
                         else:
                             acked_sets[key] = n
-                        shared_acks.append(n)
+                        shared_acks.append((n, started, next(ticks)))
                         if header is not None:
                             survivors.append(cookie_of(header))
         except StorageError:
@@ -430,7 +432,11 @@ async def _interleaving(
     for key in acked_deleted:
         assert key not in final, f"an acknowledged delete of {key} was lost"
     if shared_acks and not any(faults):
-        assert final["shared"] == shared_acks[-1], "the last acknowledged write did not win"
+        # The last writer wins: the value must come from a save that no other
+        # acknowledged save began after (saves that overlapped may land in either order,
+        # as a thread or a server may answer them in another order than they commit).
+        latest = [n for n, _, done in shared_acks if all(s <= done for _, s, _ in shared_acks)]
+        assert final["shared"] in latest, "a write that a later acknowledged write replaced won"
     return {"acked": len(acked_sets) + len(acked_deleted)}
 
 
