@@ -23,7 +23,8 @@ Routes (every answer is JSON):
     the storage's purge, and its statistics where it has them.
 
 Run: ``python -m benchmarks.soak.app --backend directory --port P --root DIR --ready-file F``;
-the file receives the pid once the server accepts connections.
+the file receives the pid and the directory trio_sessions was imported from, once the
+server accepts connections.
 """
 
 from __future__ import annotations
@@ -354,7 +355,13 @@ async def serve(args: argparse.Namespace) -> None:
                     task_status=task_status,
                 )
             )
-            await trio.Path(args.ready_file).write_text(f"{os.getpid()}\n")
+            import trio_sessions
+
+            where = Path(trio_sessions.__file__).parent.parent
+            # Written whole, then renamed: the run sees the pid and the code it runs.
+            temporary = trio.Path(f"{args.ready_file}.tmp")
+            await temporary.write_text(f"{os.getpid()}\n{where}\n")
+            await temporary.rename(args.ready_file)
             async for _ in signals:
                 stop.set()
                 break

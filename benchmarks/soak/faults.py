@@ -36,6 +36,8 @@ class AppProcess:
         self.port = port
         self.process: trio.Process | None = None
         self.starts = 0
+        #: Where the app imported trio_sessions from.
+        self.imports = ""
 
     @property
     def pid(self) -> int | None:
@@ -67,6 +69,14 @@ class AppProcess:
                     tail = (self.run_dir / "app.log").read_text(errors="replace")[-3000:]
                     raise RuntimeError(f"the app exited at start:\n{tail}")
                 await trio.sleep(0.02)
+            self.imports = (await trio.Path(ready).read_text()).splitlines()[1]
+            imported = await trio.Path(self.imports).resolve()
+            if imported != await trio.Path(self.code_root).resolve():
+                await self.kill()
+                raise RuntimeError(
+                    f"the app imported trio_sessions from {self.imports}, not from "
+                    f"{self.code_root}: run from the checkout whose code is to be tested"
+                )
             return
         await self.kill()
         raise RuntimeError("the app did not start within 60 s")

@@ -280,7 +280,7 @@ async def run_scenario(
         finally:
             with trio.move_on_after(30, shield=True):
                 await app.stop()
-    return {**result, "status": "ran", **found}
+    return {**result, "status": "ran", "imports": app.imports, **found}
 
 
 async def _drive(
