@@ -130,7 +130,7 @@ def soak_quick(session: nox.Session) -> None:
 
 @nox.session
 def soak(session: nox.Session) -> None:
-    """The full soak and chaos run (not a default session; about half an hour): every
+    """The full soak and chaos run (not a default session; about 25 minutes): every
     backend under soak, app kill, backend kill, disk full and slowloris. Arguments after
     ``--`` go to ``python -m benchmarks.soak``; results land in soak-results/."""
     session.install(*SOAK_INSTALL)
