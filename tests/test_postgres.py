@@ -9,6 +9,7 @@ from __future__ import annotations
 import hashlib
 import inspect
 import math
+import os
 import random
 import sys
 from collections.abc import AsyncIterator, Callable, Iterator
@@ -344,6 +345,8 @@ async def test_a_host_name_connects(pg_cluster: PostgresServer) -> None:
                 await storage.write_bytes("a", b"by name")
                 assert await storage.read_bytes("a") == b"by name"
         except StorageError as exc:  # pragma: no cover - localhost is ::1 only
+            if os.environ.get("CI") == "true":
+                raise
             pytest.skip(f"localhost does not reach 127.0.0.1 here: {exc}")
 
 
