@@ -7,6 +7,9 @@ Enable them in your top-level ``conftest.py``::
 The plugin is not registered automatically (it has no ``pytest11`` entry point), so
 installing trio-sessions changes no project's pytest runs. It provides:
 
+``redis_binary``, ``postgres_bindir`` (session scope)
+    the server binaries found (see `~trio_sessions.testing.servers`), for tests that
+    start servers of their own (to stop or restart them).
 ``private_redis`` (session scope)
     a running `~trio_sessions.testing.servers.RedisServer`.
 ``redis_url`` (each test)
@@ -26,9 +29,10 @@ from __future__ import annotations
 import importlib
 import os
 import secrets
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from pathlib import Path
 from types import ModuleType
-from typing import NoReturn
+from typing import NoReturn, TypeVar
 
 import pytest
 
@@ -43,6 +47,8 @@ from .servers import (
 )
 
 __all__ = ["missing", "require_module"]
+
+T = TypeVar("T")
 
 
 def missing(reason: str) -> NoReturn:
@@ -60,14 +66,29 @@ def require_module(name: str) -> ModuleType:
         missing(f"{name} is not installed ({exc})")
 
 
-@pytest.fixture(scope="session")
-def private_redis() -> Iterator[RedisServer]:
-    """A private Redis/Valkey server for the whole test session."""
+def _found(find: Callable[[], T]) -> T:
     try:
-        binary = require_redis_server()
+        return find()
     except ServerNotFound as exc:
         missing(str(exc))
-    with redis_server(binary) as server:
+
+
+@pytest.fixture(scope="session")
+def redis_binary() -> str:
+    """The Redis/Valkey server binary (`~trio_sessions.testing.servers.find_redis_server`)."""
+    return _found(require_redis_server)
+
+
+@pytest.fixture(scope="session")
+def postgres_bindir() -> Path:
+    """The directory of PostgreSQL's ``initdb`` and ``pg_ctl``."""
+    return _found(require_postgres_bindir)
+
+
+@pytest.fixture(scope="session")
+def private_redis(redis_binary: str) -> Iterator[RedisServer]:
+    """A private Redis/Valkey server for the whole test session."""
+    with redis_server(redis_binary) as server:
         yield server
 
 
@@ -79,13 +100,9 @@ def redis_url(private_redis: RedisServer) -> str:
 
 
 @pytest.fixture(scope="session")
-def private_postgres() -> Iterator[PostgresServer]:
+def private_postgres(postgres_bindir: Path) -> Iterator[PostgresServer]:
     """A private PostgreSQL cluster for the whole test session."""
-    try:
-        bindir = require_postgres_bindir()
-    except ServerNotFound as exc:
-        missing(str(exc))
-    with postgres_server(bindir) as server:
+    with postgres_server(postgres_bindir) as server:
         yield server
 
 

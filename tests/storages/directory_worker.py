@@ -1,4 +1,4 @@
-"""A separate process driving a DirectoryStorage, for tests/test_directory_processes.py.
+"""A separate process driving a DirectoryStorage, for tests/storages/test_directory_processes.py.
 
     python directory_worker.py crash ROOT LOG SEED FSYNC   write until killed (bounded)
     python directory_worker.py hammer ROOT SEED SECONDS    write, read, purge; print counts

@@ -16,8 +16,8 @@ import pytest
 
 from trio_sessions import RedisStorage, open_redis_storage
 from trio_sessions.testing import ManualClock, StorageConformance
-
-from .redis_servers import RedisServer, redis_cluster, redis_server, require_module
+from trio_sessions.testing.pytest_plugin import require_module
+from trio_sessions.testing.servers import RedisServer, redis_cluster, redis_server
 
 EXAMPLES = int(os.environ.get("TRIO_SESSIONS_REDIS_EXAMPLES", "15"))
 # Generous: a loaded CI machine must not turn a slow reply into a failed check.
@@ -28,14 +28,14 @@ CLIENT_OPTIONS: dict[str, dict[str, Any]] = {
 
 
 @pytest.fixture(scope="module")
-def redis_single() -> Iterator[RedisServer]:
-    with redis_server() as server:
+def redis_single(redis_binary: str) -> Iterator[RedisServer]:
+    with redis_server(redis_binary) as server:
         yield server
 
 
 @pytest.fixture(scope="module")
-def redis_cluster_nodes() -> Iterator[list[RedisServer]]:
-    with redis_cluster(3) as servers:
+def redis_cluster_nodes(redis_binary: str) -> Iterator[list[RedisServer]]:
+    with redis_cluster(3, redis_binary) as servers:
         yield servers
 
 

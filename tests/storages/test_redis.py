@@ -36,8 +36,8 @@ from trio_sessions.storages._redis import (
 )
 from trio_sessions.storages._redis_drivers import AutoPipeline, Command
 from trio_sessions.testing import read_all
-
-from .redis_servers import RedisServer, free_port, redis_cluster, redis_server, require_module
+from trio_sessions.testing.pytest_plugin import require_module
+from trio_sessions.testing.servers import RedisServer, free_port, redis_cluster, redis_server
 
 DRIVERS = ["glide", "coredis"]
 OPTIONS: dict[str, dict[str, Any]] = {"glide": {"request_timeout": 10_000}, "coredis": {}}
@@ -45,14 +45,14 @@ BIG = bytes(range(256)) * (3 * CHUNK_SIZE // 256 + 7)  # several chunks
 
 
 @pytest.fixture(scope="module")
-def redis_single() -> Iterator[RedisServer]:
-    with redis_server() as server:
+def redis_single(redis_binary: str) -> Iterator[RedisServer]:
+    with redis_server(redis_binary) as server:
         yield server
 
 
 @pytest.fixture(scope="module")
-def redis_cluster_nodes() -> Iterator[list[RedisServer]]:
-    with redis_cluster(3) as servers:
+def redis_cluster_nodes(redis_binary: str) -> Iterator[list[RedisServer]]:
+    with redis_cluster(3, redis_binary) as servers:
         yield servers
 
 

@@ -16,6 +16,7 @@ import trio.testing
 from hypothesis import HealthCheck, Phase, given, settings
 from hypothesis import strategies as st
 
+from tests.dict_storage import DictStorage
 from trio_sessions import (
     CacheStorage,
     CacheStorageStatistics,
@@ -31,8 +32,6 @@ from trio_sessions import (
 from trio_sessions._base import ConditionalBase
 from trio_sessions.testing import ManualClock, StorageConformance
 from trio_sessions.testing import read_all as _read_all
-
-from .dict_storage import DictStorage
 
 # ----------------------------------------------------------------- conformance
 

@@ -17,11 +17,10 @@ import httpx2 as httpx
 import pytest
 import trio
 
+from tests.conftest import WallClock
+from tests.spy_storage import Spy, disk_full
 from trio_sessions import SessionNotFound, SessionStorage
 from trio_sessions._demo import open_server
-
-from .conftest import WallClock
-from .spy_storage import Spy, disk_full
 
 # Plain http only; an empty TLS context spares httpx loading CA certificates per client.
 NO_TLS = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)

@@ -6,10 +6,9 @@ from collections.abc import Awaitable, Callable
 import pytest
 import trio
 
+from tests.dict_storage import DictStorage
 from trio_sessions import BytesStorage, SessionNotFound, StorageError
 from trio_sessions.testing import ManualClock, StorageConformance
-
-from .dict_storage import DictStorage
 
 
 class TestDictStorageConformance(StorageConformance):

@@ -24,9 +24,8 @@ from pathlib import Path
 import pytest
 
 import trio_sessions
-from tests.redis_servers import find_server_binary, redis_server
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 DOCS = ROOT / "docs"
 EXAMPLES = DOCS / "examples"
 PAGES = sorted(DOCS.glob("*.rst"))
@@ -50,7 +49,7 @@ RUNNABLE = {
 NEEDS_REDIS = "redis_storage.py"
 PYTEST_EXAMPLE = "test_sqlite_storage.py"
 # Package modules the pages include (docs/demo.rst walks through the demo's code); their
-# own tests run them: tests/test_demo.py and tests/test_browser_demo.py.
+# own tests run them: tests/web/test_demo.py and tests/web/test_browser_demo.py.
 PACKAGE_INCLUDES = {ROOT / "trio_sessions" / "_demo_app.py"}
 PUBLIC_MODULES = [
     "trio_sessions",
@@ -92,11 +91,8 @@ def test_example_runs(name: str, tmp_path: Path) -> None:
     assert RUNNABLE[name] in output
 
 
-def test_redis_example_runs_against_a_private_server(tmp_path: Path) -> None:
-    if find_server_binary() is None and os.environ.get("CI") != "true":
-        pytest.skip("no redis-server or valkey-server")
-    with redis_server() as server:
-        output = succeeded(run(str(EXAMPLES / NEEDS_REDIS), server.url, cwd=tmp_path))
+def test_redis_example_runs_against_a_private_server(tmp_path: Path, redis_url: str) -> None:
+    output = succeeded(run(str(EXAMPLES / NEEDS_REDIS), redis_url, cwd=tmp_path))
     assert "b'{\"user\": 42}' under b'myapp:{" in output
 
 

@@ -35,8 +35,8 @@ from trio_sessions.storages._redis import (
     open_redis_storage,
 )
 from trio_sessions.testing import read_all
-
-from .redis_servers import RedisServer, redis_server, require_module
+from trio_sessions.testing.pytest_plugin import require_module
+from trio_sessions.testing.servers import RedisServer, redis_server
 
 pytestmark = pytest.mark.slow  # servers killed and restarted under load
 
@@ -186,13 +186,13 @@ async def read_retrying(storage: RedisStorage, sid: str) -> bytes | None:
 # ---------------------------------------------------------------- server crashes
 
 
-async def test_server_killed_and_restarted_under_load(redis_driver: str) -> None:
+async def test_server_killed_and_restarted_under_load(redis_driver: str, redis_binary: str) -> None:
     tasks, keys_per_task = 32, 2
     rng = random.Random(f"faults-{redis_driver}")
     tally = Tally()
     resumed_first: list[float] = []
     resumed_all: list[float] = []
-    with redis_server(appendonly="yes", appendfsync="always") as server:
+    with redis_server(redis_binary, appendonly="yes", appendfsync="always") as server:
         keys = [
             [Key(t, k, f"fault-{t}-{k}-{rng.getrandbits(32):08x}") for k in range(keys_per_task)]
             for t in range(tasks)
@@ -270,12 +270,14 @@ async def test_server_killed_and_restarted_under_load(redis_driver: str) -> None
 # ------------------------------------------------------------------ cancellation
 
 
-async def test_random_cancellation_never_mixes_replies(redis_driver: str) -> None:
+async def test_random_cancellation_never_mixes_replies(
+    redis_driver: str, redis_binary: str
+) -> None:
     tasks = 16
     rng = random.Random(f"cancel-{redis_driver}")
     tally = Tally()
     options: dict[str, Any] = {"request_timeout": 10_000} if redis_driver == "glide" else {}
-    with redis_server() as server:
+    with redis_server(redis_binary) as server:
         keys = [Key(t, 0, f"cancel-{t}-{rng.getrandbits(32):08x}") for t in range(tasks)]
 
         async def worker(key: Key, storage: RedisStorage) -> None:
@@ -327,14 +329,16 @@ async def test_random_cancellation_never_mixes_replies(redis_driver: str) -> Non
 # ------------------------------------------------------------- a batch in flight
 
 
-async def test_server_killed_while_a_batch_is_in_flight(redis_driver: str) -> None:
+async def test_server_killed_while_a_batch_is_in_flight(
+    redis_driver: str, redis_binary: str
+) -> None:
     """The server stops answering, then dies: every caller waiting in the batch gets
     `StorageError`; after the restart the same storage serves every one of them."""
     tasks = 40
     options: dict[str, Any] = {"request_timeout": 10_000} if redis_driver == "glide" else {}
     outcomes: dict[int, str] = {}
     with (
-        redis_server(appendonly="yes", appendfsync="always") as server,
+        redis_server(redis_binary, appendonly="yes", appendfsync="always") as server,
         trio.fail_after(120),
     ):
         async with open_redis_storage(server.url, driver=redis_driver, **options) as storage:  # type: ignore[arg-type]

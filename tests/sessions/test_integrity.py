@@ -11,7 +11,7 @@ import os
 import random
 import re
 import secrets
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -20,6 +20,9 @@ import trio
 from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 
+from tests.conftest import WallClock
+from tests.dict_storage import CheckThenWriteStorage
+from tests.spy_storage import DELETES, READS, WRITES, PlainSpy, Spy, disk_full
 from trio_sessions import (
     DirectoryStorage,
     MemoryStorage,
@@ -31,12 +34,8 @@ from trio_sessions import (
     open_postgres_storage,
     open_redis_storage,
 )
-
-from .conftest import WallClock
-from .dict_storage import CheckThenWriteStorage
-from .pg_server import postgres_server
-from .redis_servers import redis_server, require_module, require_server_binary
-from .spy_storage import DELETES, READS, WRITES, PlainSpy, Spy, disk_full
+from trio_sessions.testing.pytest_plugin import require_module
+from trio_sessions.testing.servers import PostgresServer, RedisServer
 
 IDLE = 600.0
 
@@ -486,11 +485,9 @@ async def test_random_interleavings_on_directory(
 
 
 @pytest.fixture(scope="module")
-def integrity_redis() -> Iterator[str]:
+def integrity_redis(private_redis: RedisServer) -> str:
     require_module("glide")
-    require_server_binary()
-    with redis_server() as server:
-        yield server.url
+    return private_redis.url
 
 
 @settings(max_examples=BACKEND_EXAMPLES, deadline=None, suppress_health_check=list(HealthCheck))
@@ -508,10 +505,9 @@ async def test_random_interleavings_on_redis(
 
 
 @pytest.fixture(scope="module")
-def integrity_postgres() -> Iterator[str]:
+def integrity_postgres(private_postgres: PostgresServer) -> str:
     require_module("psycopg")
-    with postgres_server() as server:
-        yield server.dsn
+    return private_postgres.dsn
 
 
 @settings(max_examples=BACKEND_EXAMPLES, deadline=None, suppress_health_check=list(HealthCheck))

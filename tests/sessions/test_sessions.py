@@ -10,6 +10,8 @@ import pytest
 import trio
 import trio.testing
 
+from tests.conftest import WallClock
+from tests.spy_storage import WRITES, PlainSpy, Spy
 from trio_sessions import (
     CookieOptions,
     JSONSerializer,
@@ -22,9 +24,6 @@ from trio_sessions import (
     SessionStorage,
     StorageError,
 )
-
-from .conftest import WallClock
-from .spy_storage import WRITES, PlainSpy, Spy
 
 IDLE = 600.0
 ABSOLUTE = 3600.0

@@ -15,11 +15,10 @@ import httpx2 as httpx
 import pytest
 import trio
 
+from tests.conftest import WallClock
+from tests.spy_storage import Spy
 from trio_sessions import CookieOptions
 from trio_sessions._demo import open_server
-
-from .conftest import WallClock
-from .spy_storage import Spy
 
 NO_TLS = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
 HEADER = "X-Session-Id"

@@ -14,6 +14,7 @@ import random
 import sys
 from collections.abc import AsyncIterator, Callable, Iterator
 from contextlib import asynccontextmanager
+from pathlib import Path
 from typing import Any
 
 import psycopg
@@ -35,15 +36,14 @@ from trio_sessions.storages import _postgres, _pq
 from trio_sessions.testing import ManualClock, StorageConformance
 from trio_sessions.testing import servers as private_servers
 from trio_sessions.testing.pytest_plugin import require_module
-
-from .pg_server import PostgresServer, postgres_server, require_bindir
+from trio_sessions.testing.servers import PostgresServer
 
 APP = "trio-sessions-test"
 
 
 @pytest.fixture(scope="module")
-def pg_cluster() -> Iterator[PostgresServer]:
-    with postgres_server() as server:
+def pg_cluster(postgres_bindir: Path) -> Iterator[PostgresServer]:
+    with private_servers.postgres_server(postgres_bindir) as server:
         yield server
 
 
@@ -599,16 +599,15 @@ async def test_connections_killed_while_idle_are_replaced_unnoticed(dsn: str) ->
             assert storage.statistics().discarded >= 1
 
 
-async def test_server_restarts_under_16_tasks_lose_nothing() -> None:
+async def test_server_restarts_under_16_tasks_lose_nothing(postgres_bindir: Path) -> None:
     """30 immediate shutdowns (a crash, as ``pg_ctl stop -m immediate``) and restarts
     while 16 tasks write and read their own sessions: after each restart every task is
     served again, and no read returns a value other than the last one written (or one
     whose write failed, which may or may not have been committed)."""
-    bindir = require_bindir()
     # Commits reach the operating system before they are acknowledged (fsync can stay
     # off: the machine does not crash, only the server).
     settings = {"synchronous_commit": "on"}
-    with private_servers.postgres_server(bindir, settings=settings) as server:
+    with private_servers.postgres_server(postgres_bindir, settings=settings) as server:
         await _restart_under_load(server, restarts=30, tasks=16)
 
 

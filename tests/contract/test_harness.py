@@ -9,11 +9,10 @@ from typing import Any
 import pytest
 import trio
 
+from tests.dict_storage import CheckThenWriteStorage, DictStorage
 from trio_sessions import MemoryStorage, check_session_id
 from trio_sessions._abc import Provider
 from trio_sessions.testing import CHECKS, ManualClock, check_storage
-
-from .dict_storage import CheckThenWriteStorage, DictStorage
 
 
 class NonAtomicStorage(DictStorage):

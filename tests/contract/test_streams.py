@@ -10,10 +10,10 @@ import pytest
 import trio
 import trio.testing
 
+from tests.dict_storage import DictStorage
 from trio_sessions import MemoryStorage, SessionNotFound, SessionStorage, SessionTooLarge
 from trio_sessions._streams import ReadStream, WriteStream
 
-from .dict_storage import DictStorage
 from .test_base_streaming import ChunkedDictStorage
 
 

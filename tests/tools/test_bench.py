@@ -26,7 +26,7 @@ from benchmarks.suite._plan import SECTIONS as PLAN_SECTIONS
 from benchmarks.suite._sections import BUILDERS
 
 #: The repository's root: the suite runs from there, as ``python -m benchmarks.suite``.
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 
 TOP_KEYS = {
     "schema",
