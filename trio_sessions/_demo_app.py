@@ -70,7 +70,7 @@ def create_app(
     storage: SessionStorage,
     *,
     secret_key: bytes,
-    clock: Callable[[], float] = time.time,
+    wall_clock: Callable[[], float] = time.time,
     **options: Any,
 ) -> QuartTrio:
     """The demo application, with its sessions in *storage*.
@@ -80,12 +80,12 @@ def create_app(
     """
     app = QuartTrio("trio_sessions.demo")
     app.secret_key = secret_key
-    app.config["DEMO_CLOCK"] = clock  # (the account page shows times)
+    app.config["DEMO_CLOCK"] = wall_clock  # (the account page shows times)
     options.setdefault("idle_timeout", DEMO_IDLE_TIMEOUT)
     options.setdefault("absolute_timeout", DEMO_ABSOLUTE_TIMEOUT)
     options.setdefault("max_lifetime", REMEMBER_ME_SECONDS)
     options.setdefault("cookie", DEMO_COOKIE)
-    interface = init_app(app, storage, secret_key=secret_key, clock=clock, **options)
+    interface = init_app(app, storage, secret_key=secret_key, wall_clock=wall_clock, **options)
     app.extensions["trio_sessions_manager"] = interface.manager  # (and the timeouts)
     app.register_blueprint(demo)
     return app

@@ -41,7 +41,7 @@ IDLE = 600.0
 
 
 def make(storage: SessionStorage | None = None, **options: Any) -> SessionManager:
-    options.setdefault("clock", WallClock())
+    options.setdefault("wall_clock", WallClock())
     options.setdefault("idle_timeout", IDLE)
     return SessionManager(storage if storage is not None else Spy(), **options)
 

@@ -30,7 +30,7 @@ ABSOLUTE = 3600.0
 
 
 def make(storage: SessionStorage | None = None, **options: Any) -> SessionManager:
-    options.setdefault("clock", WallClock())
+    options.setdefault("wall_clock", WallClock())
     options.setdefault("idle_timeout", IDLE)
     options.setdefault("absolute_timeout", ABSOLUTE)
     return SessionManager(storage if storage is not None else Spy(), **options)
@@ -233,7 +233,7 @@ async def test_rotation_wins_against_a_slow_request_on_the_old_id() -> None:
 
 async def test_idle_timeout_expires_and_activity_slides_it() -> None:
     clock = WallClock()
-    manager = make(clock=clock)
+    manager = make(wall_clock=clock)
     _, cookie = await start(manager, user="alice")
     for _ in range(6):  # 6 visits 500 s apart: 3000 s in all, each gap < idle
         clock.advance(500)
@@ -244,9 +244,24 @@ async def test_idle_timeout_expires_and_activity_slides_it() -> None:
     assert (await manager.load(cookie)).new
 
 
+async def test_trios_mock_clock_drives_the_timeouts(autojump_clock: trio.testing.MockClock) -> None:
+    """A wall clock that follows trio's: an autojump test sleeps through the timeouts,
+    and the storage's own ttl (trio's clock in MemoryStorage) runs out with them."""
+    storage = MemoryStorage()
+    manager = make(storage, wall_clock=lambda: 1_800_000_000.0 + trio.current_time())
+    _, cookie = await start(manager, user="alice")
+    await trio.sleep(IDLE - 1)
+    session = await manager.load(cookie)
+    assert session["user"] == "alice"
+    await manager.save(session)
+    await trio.sleep(IDLE + 1)
+    assert (await manager.load(cookie)).new
+    assert storage.statistics().entries == 0
+
+
 async def test_absolute_timeout_expires_an_active_session() -> None:
     clock = WallClock()
-    manager = make(clock=clock, absolute_timeout=2000)
+    manager = make(wall_clock=clock, absolute_timeout=2000)
     _, cookie = await start(manager, user="alice")
     for _ in range(3):
         clock.advance(500)
@@ -260,7 +275,7 @@ async def test_absolute_timeout_expires_an_active_session() -> None:
 async def test_expiry_is_enforced_by_the_server_not_only_the_storage() -> None:
     clock = WallClock()
     storage = Spy()
-    manager = make(storage, clock=clock)
+    manager = make(storage, wall_clock=clock)
     _, cookie = await start(manager, user="alice")
     clock.advance(IDLE + 1)  # the wall clock moves; the storage's own ttl has not run out
     assert await storage.read_bytes(cookie)
@@ -278,12 +293,12 @@ async def test_idle_timeout_is_enforced_whatever_the_storage_keeps() -> None:
 
     clock = WallClock()
     storage = Keeper()
-    manager = make(storage, clock=clock)
+    manager = make(storage, wall_clock=clock)
     _, cookie = await start(manager, user="alice")
     clock.advance(IDLE + 1)
     assert await storage.read_bytes(cookie)  # still stored ...
     assert (await manager.load(cookie)).new  # ... but not accepted
-    shorter = make(storage, clock=clock, idle_timeout=60)  # a lowered idle timeout
+    shorter = make(storage, wall_clock=clock, idle_timeout=60)  # a lowered idle timeout
     _, cookie = await start(manager, user="bob")
     clock.advance(61)
     assert (await shorter.load(cookie)).new
@@ -292,7 +307,7 @@ async def test_idle_timeout_is_enforced_whatever_the_storage_keeps() -> None:
 async def test_unchanged_session_is_refreshed_after_touch_interval() -> None:
     storage = Spy()
     clock = WallClock()
-    manager = make(storage, clock=clock, touch_interval=60)
+    manager = make(storage, wall_clock=clock, touch_interval=60)
     _, cookie = await start(manager, user="alice")
     writes = storage.count(WRITES)
     clock.advance(30)
@@ -482,7 +497,7 @@ async def test_unstorable_data_leaves_the_stored_session_as_it_was() -> None:
 
 async def test_remember_me_lifetime() -> None:
     clock = WallClock()
-    manager = make(clock=clock, max_lifetime=7 * 86400)
+    manager = make(wall_clock=clock, max_lifetime=7 * 86400)
     session = await manager.load(None)
     session["user"] = "alice"
     session.set_lifetime(3 * 86400)

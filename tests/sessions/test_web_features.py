@@ -35,7 +35,7 @@ def _options(clock: WallClock) -> dict[str, Any]:
         "absolute_timeout": 3600,
         "max_lifetime": 30 * DAY,
         "secret_key": b"k" * 32,
-        "clock": clock,
+        "wall_clock": clock,
     }
 
 

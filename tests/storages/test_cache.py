@@ -76,7 +76,7 @@ class TestCacheOverDirectoryConformance(StorageConformance):
         self.root = tmp_path
 
     def open_storage(self, clock: ManualClock) -> object:
-        return cached(DirectoryStorage(self.root, fsync=False, clock=clock), clock)
+        return cached(DirectoryStorage(self.root, fsync=False, wall_clock=clock), clock)
 
 
 # ------------------------------------------------------- a delegate that takes time

@@ -74,7 +74,7 @@ def clock() -> ManualClock:
 
 @pytest.fixture
 def storage(tmp_path: Path, clock: ManualClock) -> DirectoryStorage:
-    return DirectoryStorage(tmp_path / "root", clock=clock)
+    return DirectoryStorage(tmp_path / "root", wall_clock=clock)
 
 
 async def test_file_names_are_hashes_in_two_fanout_levels(storage: DirectoryStorage) -> None:
@@ -137,12 +137,12 @@ async def test_expiry_survives_a_restart_and_purge_removes_it(
     tmp_path: Path, clock: ManualClock
 ) -> None:
     with trio.fail_after(10):
-        first = DirectoryStorage(tmp_path, clock=clock)
+        first = DirectoryStorage(tmp_path, wall_clock=clock)
         await first.write_bytes("short", b"a", ttl=10)
         await first.write("long", provider_of(LARGE), ttl=100)
         await first.write_bytes("forever", b"c")
         await first.aclose()
-        second = DirectoryStorage(tmp_path, clock=clock)
+        second = DirectoryStorage(tmp_path, wall_clock=clock)
         clock.advance(50)
         with pytest.raises(SessionNotFound):
             await second.read_bytes("short")
@@ -182,7 +182,7 @@ async def test_files_of_the_first_format_stay_readable_and_writable(
     tmp_path: Path, clock: ManualClock, value: bytes
 ) -> None:
     with trio.fail_after(10):
-        storage = DirectoryStorage(tmp_path, clock=clock)
+        storage = DirectoryStorage(tmp_path, wall_clock=clock)
         await storage.write_bytes("old-session", b"placeholder")
         path = session_file(tmp_path)
         path.write_bytes(format_1_file(value))

@@ -15,4 +15,4 @@ class TestDirectoryStorageConformance(StorageConformance):
 
     def open_storage(self, clock: ManualClock) -> DirectoryStorage:
         # One root for every example: the harness uses fresh ids each time.
-        return DirectoryStorage(self.root, clock=clock)
+        return DirectoryStorage(self.root, wall_clock=clock)

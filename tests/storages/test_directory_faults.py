@@ -216,7 +216,7 @@ async def test_every_failing_call_leaves_a_clean_state(
     with trio.fail_after(60):
         for fail_at in range(1, 200):
             root = tmp_path / str(fail_at)
-            storage = DirectoryStorage(root, clock=lambda: now[0], max_sessions=max_sessions)
+            storage = DirectoryStorage(root, wall_clock=lambda: now[0], max_sessions=max_sessions)
             faulty.arm(0)
             if scenario.old is not None:
                 await storage.write_bytes(SID, scenario.old, ttl=10 if scenario.expired else None)

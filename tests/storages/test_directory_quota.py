@@ -99,7 +99,7 @@ async def test_max_bytes_counts_payload_bytes(tmp_path: Path) -> None:
 
 async def test_expired_sessions_count_until_purged(tmp_path: Path) -> None:
     clock = ManualClock()
-    storage = DirectoryStorage(tmp_path, max_sessions=2, clock=clock)
+    storage = DirectoryStorage(tmp_path, max_sessions=2, wall_clock=clock)
     with trio.fail_after(10):
         await storage.write_bytes("a", b"v", ttl=10)
         await storage.write_bytes("b", b"v", ttl=10)

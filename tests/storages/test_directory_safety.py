@@ -216,7 +216,7 @@ BAD_ARGUMENTS: list[tuple[dict[str, Any], type[Exception], str]] = [
     ({"max_sessions": 0}, TypeError, "max_sessions must be a positive int or None"),
     ({"max_bytes": 1e9}, TypeError, "max_bytes must be a positive int or None"),
     ({"max_bytes": False}, TypeError, "max_bytes must be a positive int or None"),
-    ({"clock": 5}, TypeError, "clock must be a callable"),
+    ({"wall_clock": 5}, TypeError, "wall_clock must be a callable"),
     ({"limiter": 8}, TypeError, "limiter must be a trio.CapacityLimiter"),
 ]
 

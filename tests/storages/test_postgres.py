@@ -66,7 +66,7 @@ class TestPostgresConformance(StorageConformance):
 
     def open_storage(self, clock: ManualClock) -> object:
         return open_postgres_storage(
-            self.server_dsn, clock=clock, max_connections=4, max_size=512 * 1024
+            self.server_dsn, wall_clock=clock, max_connections=4, max_size=512 * 1024
         )
 
 
@@ -168,7 +168,7 @@ async def test_expired_rows_are_invisible_and_purged(dsn: str) -> None:
     clock = ManualClock()
     with trio.fail_after(20):
         async with admin(dsn) as sql:
-            async with open_postgres_storage(dsn, table="expiry", clock=clock) as storage:
+            async with open_postgres_storage(dsn, table="expiry", wall_clock=clock) as storage:
                 await storage.write_bytes("short", b"s", ttl=10)
                 await storage.write_bytes("long", b"l", ttl=100)
                 await storage.write_bytes("forever", b"f")
@@ -186,7 +186,7 @@ async def test_expired_rows_are_invisible_and_purged(dsn: str) -> None:
                 assert await storage.read_bytes("far") == b"x"
             # Expiry is in the table: a new storage (a restarted app) still honours it.
             clock.advance(100)
-            async with open_postgres_storage(dsn, table="expiry", clock=clock) as storage:
+            async with open_postgres_storage(dsn, table="expiry", wall_clock=clock) as storage:
                 with pytest.raises(SessionNotFound):
                     await storage.read_bytes("long")
                 assert await storage.purge() == PurgeResult(expired=1)
@@ -197,7 +197,7 @@ async def test_purge_works_in_batches(dsn: str, monkeypatch: pytest.MonkeyPatch)
     monkeypatch.setattr(_postgres, "PURGE_BATCH", 3)
     clock = ManualClock()
     with trio.fail_after(20):
-        async with open_postgres_storage(dsn, table="batches", clock=clock) as storage:
+        async with open_postgres_storage(dsn, table="batches", wall_clock=clock) as storage:
             for n in range(10):
                 await storage.write_bytes(f"s{n}", b"x", ttl=1)
             await storage.write_bytes("kept", b"k", ttl=1000)
@@ -388,7 +388,7 @@ async def test_versions_change_on_every_write_and_an_expired_row_counts_as_absen
 ) -> None:
     clock = ManualClock()
     with trio.fail_after(20):
-        async with open_postgres_storage(dsn, table="versions", clock=clock) as storage:
+        async with open_postgres_storage(dsn, table="versions", wall_clock=clock) as storage:
             seen = set()
             for n in range(20):
                 await storage.write_bytes("a", b"%d" % n, ttl=10)
@@ -669,7 +669,7 @@ async def _restart_under_load(server: PostgresServer, *, restarts: int, tasks: i
 async def test_purge_from_the_command_line(dsn: str) -> None:
     past = ManualClock(start=1_000_000_000.0)  # 2001: sessions written then have expired
     with trio.fail_after(60):
-        async with open_postgres_storage(dsn, table="cli_purge", clock=past) as storage:
+        async with open_postgres_storage(dsn, table="cli_purge", wall_clock=past) as storage:
             await storage.write_bytes("old-1", b"x", ttl=60)
             await storage.write_bytes("old-2", b"x", ttl=60)
             await storage.write_bytes("kept", b"k")
@@ -678,7 +678,7 @@ async def test_purge_from_the_command_line(dsn: str) -> None:
             [*command, "--table", "cli_purge"], capture_stdout=True, capture_stderr=True
         )
         assert done.stdout.decode().strip() == "purged 2 expired sessions from cli_purge"
-        async with open_postgres_storage(dsn, table="cli_purge", clock=past) as storage:
+        async with open_postgres_storage(dsn, table="cli_purge", wall_clock=past) as storage:
             assert await storage.read_bytes("kept") == b"k"
         missing = await trio.run_process(
             [*command, "--table", "no_such_table"], capture_stderr=True, check=False

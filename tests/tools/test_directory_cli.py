@@ -17,7 +17,7 @@ def populate(root: Path) -> None:
     """Two live sessions, one expired, one unreadable file and one stale temporary file."""
 
     async def fill() -> None:
-        past = DirectoryStorage(root, clock=lambda: time.time() - 1000)
+        past = DirectoryStorage(root, wall_clock=lambda: time.time() - 1000)
         await past.write_bytes("expired", b"gone", ttl=10)
         storage = DirectoryStorage(root)
         await storage.write_bytes("live-1", b"x" * 100)
@@ -115,7 +115,7 @@ def test_a_root_with_a_quota_keeps_its_count_through_purge(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     async def fill() -> None:
-        past = DirectoryStorage(tmp_path, clock=lambda: time.time() - 1000, max_sessions=10)
+        past = DirectoryStorage(tmp_path, wall_clock=lambda: time.time() - 1000, max_sessions=10)
         await past.write_bytes("expired", b"gone", ttl=10)
         await DirectoryStorage(tmp_path, max_sessions=10).write_bytes("live", b"kept")
 

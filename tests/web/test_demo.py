@@ -368,8 +368,8 @@ async def test_remember_me_outlives_the_timeouts_and_ends_on_time(tmp_path: Path
     def clock() -> float:
         return now
 
-    storage = DirectoryStorage(tmp_path / "sessions", clock=clock)
-    app = create_app(storage, secret_key=b"k" * 32, clock=clock)
+    storage = DirectoryStorage(tmp_path / "sessions", wall_clock=clock)
+    app = create_app(storage, secret_key=b"k" * 32, wall_clock=clock)
     with trio.fail_after(30):
         async with storage, app.test_app():
             client = app.test_client(use_cookies=False)

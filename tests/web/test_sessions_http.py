@@ -197,7 +197,7 @@ def _options(clock: WallClock) -> dict[str, Any]:
         "idle_timeout": IDLE,
         "absolute_timeout": ABSOLUTE,
         "secret_key": b"k" * 32,
-        "clock": clock,
+        "wall_clock": clock,
     }
 
 

@@ -181,7 +181,7 @@ class SessionManager:
         `StorageError`, which the integrations turn into a 503 response, so an outage
         never silently logs users out. ``"fresh"``: log it and continue with a new, empty
         session.
-    :param clock: the current wall-clock time in seconds (timestamps are stored with the
+    :param wall_clock: the current wall-clock time in seconds (timestamps are stored with the
         data, so they must survive restarts); inject one in tests.
     """
 
@@ -199,7 +199,7 @@ class SessionManager:
         serializer: Serializer | None = None,
         touch_interval: float | None = None,
         on_storage_error: Literal["fail", "fresh"] = "fail",
-        clock: Callable[[], float] = time.time,
+        wall_clock: Callable[[], float] = time.time,
     ) -> None:
         if not isinstance(storage, SessionStorage):
             raise TypeError(f"storage must be a SessionStorage, not {type(storage).__name__}")
@@ -240,10 +240,10 @@ class SessionManager:
             getattr(self.serializer, "loads", None)
         ):
             raise TypeError("serializer must have dumps(dict) -> bytes and loads(bytes) -> dict")
-        if not callable(clock):
-            raise TypeError("clock must be a callable returning seconds")
+        if not callable(wall_clock):
+            raise TypeError("wall_clock must be a callable returning seconds since the epoch")
         self._signer = Signer(secret_key)
-        self._clock = clock
+        self._wall_clock = wall_clock
         self._revoking: OrderedDict[str, None] = OrderedDict()
         self.storage = storage
         self._store: _CompareAndSet = _Unconditional(storage)
@@ -278,7 +278,7 @@ class SessionManager:
 
     def new_session(self) -> Session:
         """An empty session with a fresh id; nothing is stored until it holds data."""
-        return Session(new_session_id(), now=self._clock())
+        return Session(new_session_id(), now=self._wall_clock())
 
     def open(self, values: str | Iterable[str] | None) -> Session:
         """The session the client's value(s) name, not loaded yet; no I/O.
@@ -292,7 +292,7 @@ class SessionManager:
         for value in candidates:
             session_id = self._session_id(value)
             if session_id is not None:
-                session = Session(session_id, now=self._clock())
+                session = Session(session_id, now=self._wall_clock())
                 session._presented = session_id
                 session._loaded = False
                 session._loader = self._load_into
@@ -458,7 +458,7 @@ class SessionManager:
         if not session._loaded:
             await checkpoint()  # never touched: nothing to do
             return None
-        now = self._clock()
+        now = self._wall_clock()
         ended = False
         if session._ended:
             old_id = session._presented

@@ -443,7 +443,7 @@ class DirectoryStorage(ConditionalBase):
       on it: a write that would create a session beyond *max_sessions*, or bring the
       payload bytes beyond *max_bytes*, raises `StorageError` and stores nothing.
       Expired sessions count until `purge` removes them.
-    * *clock*: returns wall-clock seconds (default `time.time`); expiry times are stored
+    * *wall_clock*: returns wall-clock seconds (default `time.time`); expiry times are stored
       in the files, so they survive restarts and are shared by every process on *root*.
     * *limiter*: bounds the worker threads doing this storage's file work (default: a
       new `trio.CapacityLimiter` of 8); pass one to share a bound between storages.
@@ -469,7 +469,7 @@ class DirectoryStorage(ConditionalBase):
         max_size: int = DEFAULT_MAX_SIZE,
         max_sessions: int | None = None,
         max_bytes: int | None = None,
-        clock: Callable[[], float] = time.time,
+        wall_clock: Callable[[], float] = time.time,
         limiter: trio.CapacityLimiter | None = None,
     ) -> None:
         super().__init__(max_size=max_size)
@@ -487,8 +487,11 @@ class DirectoryStorage(ConditionalBase):
             )
         if not isinstance(fsync, bool):
             raise TypeError(f"fsync must be True or False (got {fsync!r})")
-        if not callable(clock):
-            raise TypeError(f"clock must be a callable returning seconds (got {clock!r})")
+        if not callable(wall_clock):
+            raise TypeError(
+                "wall_clock must be a callable returning seconds since the epoch"
+                f" (got {wall_clock!r})"
+            )
         if limiter is not None and not isinstance(limiter, trio.CapacityLimiter):
             raise TypeError(f"limiter must be a trio.CapacityLimiter or None (got {limiter!r})")
         self._max_sessions = _check_count(max_sessions, "max_sessions")
@@ -496,7 +499,7 @@ class DirectoryStorage(ConditionalBase):
         self._quota = self._max_sessions is not None or self._max_bytes is not None
         self._root = os.path.abspath(path)
         self._fsync = fsync
-        self._clock = clock
+        self._wall_clock = wall_clock
         self._limiter = limiter if limiter is not None else trio.CapacityLimiter(8)
         self._check_existing_root()
 
@@ -705,12 +708,14 @@ class DirectoryStorage(ConditionalBase):
     # ---------------------------------------------------------- whole values
 
     async def _load(self, session_id: str) -> bytes | None:
-        first, rest, _ = await self._run(self._open_file, session_id, self._clock(), None)
+        first, rest, _ = await self._run(self._open_file, session_id, self._wall_clock(), None)
         assert rest is None
         return first
 
     async def _load_versioned(self, session_id: str) -> tuple[bytes, int] | None:
-        first, rest, version = await self._run(self._open_file, session_id, self._clock(), None)
+        first, rest, version = await self._run(
+            self._open_file, session_id, self._wall_clock(), None
+        )
         assert rest is None
         return None if first is None else (first, version)
 
@@ -757,7 +762,7 @@ class DirectoryStorage(ConditionalBase):
     async def _store_if(
         self, session_id: str, data: bytes, ttl: float | None, version: int | None
     ) -> int | None:
-        now = self._clock()  # on the event loop's thread: the clock may be trio's
+        now = self._wall_clock()  # on the event loop's thread: the clock may be trio's
         expires_at = math.inf if ttl is None else now + ttl
         return await self._run(self._write_file, session_id, data, expires_at, version, now)
 
@@ -780,7 +785,7 @@ class DirectoryStorage(ConditionalBase):
         await self._run(self._remove_file, session_id, _ANY, 0.0)
 
     async def _delete_if(self, session_id: str, version: int) -> bool:
-        return await self._run(self._remove_file, session_id, version, self._clock())
+        return await self._run(self._remove_file, session_id, version, self._wall_clock())
 
     def _remove_file(self, session_id: str, expect: int, now: float) -> bool:
         where = self._where(session_id)
@@ -805,7 +810,7 @@ class DirectoryStorage(ConditionalBase):
     # ------------------------------------------------------------- streaming
 
     async def _open_source(self, session_id: str) -> tuple[bytes, _Source | None]:
-        first, source, _ = await self._run(self._open_file, session_id, self._clock(), _CHUNK)
+        first, source, _ = await self._run(self._open_file, session_id, self._wall_clock(), _CHUNK)
         if first is None:
             raise SessionNotFound()
         return first, source
@@ -842,7 +847,7 @@ class DirectoryStorage(ConditionalBase):
             raise TypeError(f"temp_grace must be a number of seconds (got {temp_grace!r})")
         if math.isnan(temp_grace):
             raise ValueError("temp_grace must be a number of seconds, not NaN")
-        now, stale_before = self._clock(), time.time() - temp_grace
+        now, stale_before = self._wall_clock(), time.time() - temp_grace
         counts = dict.fromkeys(("expired", "corrupt", "temporary", "folders"), 0)
 
         def purge_leaf(root_fd: int, leaf_fd: int, prefix: str) -> bool:
@@ -1126,7 +1131,7 @@ class _Sink:
             self._temp.append(data)
 
     async def commit(self) -> None:
-        now = self._storage._clock()
+        now = self._storage._wall_clock()
         expires_at = math.inf if self._ttl is None else now + self._ttl
         await self._storage._run(self._commit, self._take(), expires_at, now)
 

@@ -157,7 +157,7 @@ class PostgresStorage(ConditionalBase):
         min_connections: int = 1,
         max_idle: float = 60.0,
         create_table: bool = True,
-        clock: Callable[[], float] = time.time,
+        wall_clock: Callable[[], float] = time.time,
     ) -> None:
         super().__init__(max_size=max_size)
         qualified, _ = _split_table(table)
@@ -180,7 +180,7 @@ class PostgresStorage(ConditionalBase):
         _pq.parse(dsn)  # a malformed string fails here, not at the first connection
         self._table, self._quoted = table, qualified
         self._create_table = create_table
-        self._clock = clock
+        self._wall_clock = wall_clock
         self._pool: Pool = _pq.Pool(
             dsn, max_size=max_connections, min_size=min_connections, max_idle=float(max_idle)
         )
@@ -250,7 +250,7 @@ class PostgresStorage(ConditionalBase):
         locks) and never deletes a session renewed while it runs.
         """
         self._check_running()
-        now = _timestamp(self._clock())  # fixed: rows that expire meanwhile wait for next time
+        now = _timestamp(self._wall_clock())  # fixed: rows that expire meanwhile wait for next time
         limit = _INT64.pack(PURGE_BATCH)
         total = 0
         while True:
@@ -304,7 +304,7 @@ class PostgresStorage(ConditionalBase):
         return None if found is None else found[0]
 
     async def _load_versioned(self, session_id: str) -> tuple[bytes, int] | None:
-        params = (_key(session_id), _timestamp(self._clock()))
+        params = (_key(session_id), _timestamp(self._wall_clock()))
         result = await self._pool.query(self._sql_load, params)
         if not result.ntuples:
             return None
@@ -322,9 +322,11 @@ class PostgresStorage(ConditionalBase):
         new = _new_version()
         row = self._row(session_id, data, ttl, new)
         if version is None:
-            result = await self._pool.query(self._sql_create, (*row, _timestamp(self._clock())))
+            result = await self._pool.query(
+                self._sql_create, (*row, _timestamp(self._wall_clock()))
+            )
         else:
-            condition = (_INT64.pack(version), _timestamp(self._clock()))
+            condition = (_INT64.pack(version), _timestamp(self._wall_clock()))
             result = await self._pool.query(self._sql_replace, (*row, *condition))
         return new if result.command_tuples else None
 
@@ -332,7 +334,7 @@ class PostgresStorage(ConditionalBase):
         await self._pool.query(self._sql_delete, (_key(session_id),))
 
     async def _delete_if(self, session_id: str, version: int) -> bool:
-        params = (_key(session_id), _INT64.pack(version), _timestamp(self._clock()))
+        params = (_key(session_id), _INT64.pack(version), _timestamp(self._wall_clock()))
         result = await self._pool.query(self._sql_delete_if, params)
         return bool(result.command_tuples)
 
@@ -346,7 +348,7 @@ class PostgresStorage(ConditionalBase):
     def _row(
         self, session_id: str, data: bytes, ttl: float | None, version: int
     ) -> tuple[bytes, bytes, bytes | None, bytes]:
-        expires = None if ttl is None else _timestamp(self._clock() + ttl)
+        expires = None if ttl is None else _timestamp(self._wall_clock() + ttl)
         return _key(session_id), data, expires, _INT64.pack(version)
 
     def _check_running(self) -> None:
@@ -397,7 +399,7 @@ async def open_postgres_storage(
     min_connections: int = 1,
     max_idle: float = 60.0,
     create_table: bool = True,
-    clock: Callable[[], float] = time.time,
+    wall_clock: Callable[[], float] = time.time,
 ) -> AsyncIterator[PostgresStorage]:
     """Open a `PostgresStorage` on the database at *dsn*; close it when the block exits.
 
@@ -418,7 +420,7 @@ async def open_postgres_storage(
         `PostgresStorage.schema_sql`),
         and add the ``version`` column to a table made by an older version; with
         ``False`` the table must exist with that column.
-    :param clock: seconds since the epoch, for expiry times (`time.time`).
+    :param wall_clock: seconds since the epoch, for expiry times (`time.time`).
 
     A server that cannot be reached when opening raises `StorageError`. One lost
     later makes the operations that need it raise `StorageError` until it returns;
@@ -432,7 +434,7 @@ async def open_postgres_storage(
         min_connections=min_connections,
         max_idle=max_idle,
         create_table=create_table,
-        clock=clock,
+        wall_clock=wall_clock,
     )
     # The storage's own task fails only while opening, so a group holds one error.
     with collapsed_errors():

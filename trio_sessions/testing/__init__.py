@@ -111,7 +111,7 @@ class ConformanceReport:
 
 
 def _clock_style(factory: Callable[..., Any]) -> str:
-    """How *factory* takes the clock: ``"positional"``, ``"keyword"`` or ``"none"``."""
+    """How *factory* takes the clock: ``"positional"``, its keyword's name, or ``"none"``."""
     try:
         parameters = inspect.signature(factory).parameters.values()
     except (TypeError, ValueError):
@@ -121,8 +121,9 @@ def _clock_style(factory: Callable[..., Any]) -> str:
         return "positional"
     if inspect.Parameter.VAR_POSITIONAL in kinds:
         return "positional"
-    if any(p.name == "clock" for p in parameters):
-        return "keyword"
+    for parameter in parameters:
+        if parameter.name in ("clock", "wall_clock"):
+            return parameter.name
     return "none"
 
 
@@ -131,8 +132,8 @@ def _as_factory(factory: Callable[..., Any]) -> tuple[StorageFactory, bool]:
     style = _clock_style(factory)
     if style == "positional":
         return factory, True
-    if style == "keyword":
-        return (lambda clock: factory(clock=clock)), True
+    if style in ("clock", "wall_clock"):
+        return (lambda clock: factory(**{style: clock})), True
     return (lambda clock: factory()), False
 
 
@@ -260,9 +261,10 @@ async def check_storage(
 
     Args:
       open_storage: called for every example with a `ManualClock`: positionally if it
-        takes a positional argument, as ``clock=`` if it has a keyword-only ``clock``
-        parameter (so a storage class such as `MemoryStorage` works as it is), else with
-        no argument. Returns a `SessionStorage` or an async context manager yielding one.
+        takes a positional argument, as ``clock=`` (or ``wall_clock=``) if it has a
+        keyword-only parameter of that name (so a storage class such as `MemoryStorage`
+        works as it is), else with no argument. Returns a `SessionStorage` or an async
+        context manager yielding one.
       clock_controlled: whether the storage takes its time from the clock it is given;
         by default, whether *open_storage* accepts one.
       max_examples: hypothesis examples per property-based check.
