@@ -315,6 +315,23 @@ def test_the_command_line_imports_a_command_only_when_it_runs(argv: list[str]) -
     assert heavy(modules) == set()
 
 
+@pytest.mark.parametrize(
+    "statement",
+    [
+        "import trio_sessions.testing",
+        "from trio_sessions.testing import ManualClock, read_all, StorageConformance",
+        "import trio_sessions.testing.servers",
+        "import trio_sessions.testing.pytest_plugin",
+    ],
+)
+def test_the_harness_tools_and_servers_import_without_hypothesis(statement: str) -> None:
+    # A storage's own tests (a ManualClock, read_all, the private servers) and benchmark
+    # scripts need no hypothesis; only running the checks does.
+    modules = imported("-c", statement)
+    assert "trio_sessions.testing" in modules
+    assert "hypothesis" not in modules
+
+
 def test_the_measurement_does_import_what_it_looks_for() -> None:
     # The same measurement sees the harness when a command needs it.
-    assert "hypothesis" in imported("-c", "import trio_sessions.testing")
+    assert "hypothesis" in imported("-c", "from trio_sessions.testing import CHECKS")

@@ -21,7 +21,8 @@ may return a `SessionStorage` (closed by the harness) or any async context manag
 yields one. Each example uses fresh random ids, so a factory may hand out storages that
 share one backend (one Redis server, one directory).
 
-Requires the ``testing`` extra (hypothesis).
+Running the checks requires the ``testing`` extra (hypothesis); importing this module,
+`ManualClock`, `read_all` or :mod:`trio_sessions.testing.servers` does not load it.
 """
 
 from __future__ import annotations
@@ -31,16 +32,17 @@ import os
 import traceback
 from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass
-from typing import Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
 
 import trio
 
 from .._abc import SessionStorage as _SessionStorage
 from .._base import StorageBase as _StorageBase
-from ._checks import CHECKS, ManualClock, StorageFactory
-from ._checks import Context as _Context
-from ._checks import NotApplicable as _NotApplicable
-from ._context import read_all
+from ._tools import ManualClock, StorageFactory, read_all
+
+if TYPE_CHECKING:
+    from ._checks import CHECKS
+    from ._checks import Context as _Context
 
 __all__ = [
     "CHECKS",
@@ -52,6 +54,17 @@ __all__ = [
     "check_storage",
     "read_all",
 ]
+
+
+def __getattr__(name: str) -> Any:
+    # The checks are made with hypothesis: it is imported when they are first needed,
+    # so that ManualClock, read_all and the servers import without it.
+    if name == "CHECKS":
+        from ._checks import CHECKS
+
+        globals()[name] = CHECKS
+        return CHECKS
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 @dataclass(frozen=True)
@@ -173,12 +186,14 @@ def _summary(error: BaseException) -> str:
 
 
 def _run_check(name: str, ctx: _Context) -> CheckResult:
+    from ._checks import CHECKS, NotApplicable
+
     check = CHECKS[name]
     description = (check.__doc__ or "").strip().splitlines()[0]
     ctx.example = None
     try:
         check(ctx)
-    except _NotApplicable as reason:
+    except NotApplicable as reason:
         return CheckResult(name, description, True, skipped=str(reason))
     except Exception as error:
         return CheckResult(
@@ -277,6 +292,8 @@ async def check_storage(
     The checks run one at a time; hypothesis drives them from a worker thread and each
     example runs back in this trio run, so the storage lives in the caller's event loop.
     """
+    from ._checks import CHECKS, Context
+
     if isinstance(max_examples, bool) or not isinstance(max_examples, int) or max_examples < 1:
         raise ValueError(f"max_examples must be a positive int (got {max_examples!r})")
     factory, takes_clock = _as_factory(open_storage)
@@ -290,7 +307,7 @@ async def check_storage(
     for name in names:
         if name not in CHECKS:
             raise ValueError(f"unknown check {name!r}; choose from {', '.join(CHECKS)}")
-    ctx = _Context(factory, clock_controlled, max_examples, run)
+    ctx = Context(factory, clock_controlled, max_examples, run)
     await trio.lowlevel.checkpoint()
     unusable = await _open_once(factory)
     if unusable is not None:
@@ -321,10 +338,12 @@ class StorageConformance:
         raise NotImplementedError
 
     def _check(self, name: str) -> None:
-        ctx = _Context(self.open_storage, self.clock_controlled, self.max_examples, trio.run)
+        from ._checks import CHECKS, Context, NotApplicable
+
+        ctx = Context(self.open_storage, self.clock_controlled, self.max_examples, trio.run)
         try:
             CHECKS[name](ctx)
-        except _NotApplicable as reason:
+        except NotApplicable as reason:
             import pytest
 
             pytest.skip(str(reason))

@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Callable
 
 from ._conditional import check_conditional
-from ._context import Context, ManualClock, NotApplicable, StorageFactory
+from ._context import Context, NotApplicable
 from ._model import check_model
 from ._scenarios import (
     check_close,
@@ -17,7 +17,7 @@ from ._scenarios import (
     check_ttl,
 )
 
-__all__ = ["CHECKS", "Context", "ManualClock", "NotApplicable", "StorageFactory"]
+__all__ = ["CHECKS", "Context", "NotApplicable"]
 
 #: Every check, by name, in the order they run.
 CHECKS: dict[str, Callable[[Context], None]] = {

@@ -12,7 +12,6 @@ from .._abc import ConditionalStorage, SessionStorage, conditional
 from .._errors import InvalidSessionId, SessionNotFound, SessionTooLarge, WriteConflict
 from ._context import (
     Context,
-    ManualClock,
     NotApplicable,
     _expect,
     _ids,
@@ -22,6 +21,7 @@ from ._context import (
     _read_or_none,
     _recognizable,
 )
+from ._tools import ManualClock
 
 __all__ = ["check_conditional"]
 

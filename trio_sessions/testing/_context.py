@@ -1,10 +1,9 @@
-"""What every check shares: the clock, the context, callbacks and small helpers."""
+"""What every check shares: the context, callbacks and small helpers."""
 
 from __future__ import annotations
 
 import secrets
 from collections.abc import Awaitable, Callable
-from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
@@ -14,35 +13,11 @@ from hypothesis import HealthCheck, Phase, settings
 
 from .._abc import SessionStorage
 from .._errors import SessionNotFound
+from ._tools import ManualClock, StorageFactory
 
-__all__ = ["Context", "ManualClock", "NotApplicable", "StorageFactory", "read_all"]
+__all__ = ["Context", "NotApplicable"]
 
 T = TypeVar("T")
-
-
-class ManualClock:
-    """A clock that only moves when told to.
-
-    The harness passes one to your storage factory; a storage that takes a ``clock``
-    argument (a callable returning seconds, like `MemoryStorage` or `DirectoryStorage`)
-    should use it, so that expiry is checked without sleeping.
-    """
-
-    def __init__(self, start: float = 1_000_000_000.0) -> None:
-        self._now = start
-
-    def __call__(self) -> float:
-        return self._now
-
-    def advance(self, seconds: float) -> None:
-        if seconds < 0:
-            raise ValueError("time only moves forward")
-        self._now += seconds
-
-
-#: What the harness needs: a callable that takes a `ManualClock` and returns an async
-#: context manager yielding a fresh storage (a `SessionStorage` is one already).
-StorageFactory = Callable[[ManualClock], AbstractAsyncContextManager[SessionStorage]]
 
 
 @dataclass
@@ -120,14 +95,6 @@ def _provider(pieces: list[bytes], *, close: bool = False) -> Callable[[Any], Aw
     return provider
 
 
-async def read_all(stream: trio.abc.ReceiveStream, max_bytes: int | None = None) -> bytes:
-    """Read *stream* to its end (*max_bytes* per receive) and return what it held."""
-    parts = []
-    while chunk := await stream.receive_some(max_bytes):
-        parts.append(bytes(chunk))
-    return b"".join(parts)
-
-
 async def _read_or_none(storage: SessionStorage, session_id: str) -> bytes | None:
     try:
         return await storage.read_bytes(session_id)
@@ -155,6 +122,17 @@ def _failing_provider(pieces: list[bytes]) -> tuple[Callable[[Any], Awaitable[No
         raise error
 
     return provider, error
+
+
+def _failing_consumer(receive: int) -> tuple[Callable[[Any], Awaitable[None]], Exception]:
+    """A consumer that receives up to *receive* bytes, then raises its own error."""
+    error = ConsumerFailed()
+
+    async def consumer(stream: trio.abc.ReceiveStream) -> None:
+        await stream.receive_some(receive)
+        raise error
+
+    return consumer, error
 
 
 async def _raises_itself(call: Callable[[], Awaitable[object]], error: Exception, who: str) -> None:

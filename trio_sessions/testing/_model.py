@@ -13,10 +13,9 @@ from hypothesis import strategies as st
 from .._abc import SessionStorage
 from .._errors import SessionNotFound
 from ._context import (
-    ConsumerFailed,
     Context,
-    ManualClock,
     _expect,
+    _failing_consumer,
     _failing_provider,
     _ids,
     _patterned,
@@ -24,8 +23,8 @@ from ._context import (
     _provider,
     _raises_itself,
     _read_or_none,
-    read_all,
 )
+from ._tools import ManualClock, read_all
 
 __all__ = ["check_model"]
 
@@ -163,20 +162,11 @@ async def _run_model(storage: SessionStorage, clock: ManualClock, ops: list[Op])
                 got = None
             _expect(got == (None if want is None else want[: op.n]), f"{op!r}: wrong prefix")
         elif op.kind == "read_failing":
-            consumer_error = ConsumerFailed()
-
-            async def failing_consumer(stream: trio.abc.ReceiveStream) -> None:
-                await stream.receive_some(1)
-                raise consumer_error  # noqa: B023
-
+            consumer, error = _failing_consumer(1)
             try:
-                await storage.read(sid, failing_consumer)
-            except ConsumerFailed as exc:
-                _expect(exc is consumer_error, "the consumer's exception must propagate as itself")
+                await _raises_itself(lambda: storage.read(sid, consumer), error, "consumer")  # noqa: B023
             except SessionNotFound:
                 _expect(expected(sid) is None, "read() lost a stored value")
-            else:
-                raise AssertionError("read() swallowed the consumer's exception")
         elif op.kind == "read_bytes":
             await check(sid, op)
         elif op.kind == "invalidate":

@@ -16,10 +16,9 @@ from hypothesis import strategies as st
 from .._abc import SessionStorage
 from .._errors import InvalidSessionId, SessionNotFound, SessionTooLarge
 from ._context import (
-    ConsumerFailed,
     Context,
-    ManualClock,
     _expect,
+    _failing_consumer,
     _failing_provider,
     _ids,
     _pieces,
@@ -27,8 +26,8 @@ from ._context import (
     _raises_itself,
     _read_or_none,
     _recognizable,
-    read_all,
 )
+from ._tools import ManualClock, read_all
 
 __all__ = [
     "check_close",
@@ -283,13 +282,8 @@ async def _errors_and_checkpoints(storage: SessionStorage) -> None:
         await _raises_itself(lambda: storage.write(sid, provider), error, "provider")  # noqa: B023
         _expect(await storage.read_bytes(sid) in (b"old", b"new"), "a failed write changed data")
     await storage.write_bytes(sid, b"z" * 300_000 if storage.max_size >= 300_000 else b"z")
-    consumer_error = ConsumerFailed()
-
-    async def consumer(stream: trio.abc.ReceiveStream) -> None:
-        await stream.receive_some(10)
-        raise consumer_error
-
-    await _raises_itself(lambda: storage.read(sid, consumer), consumer_error, "consumer")
+    consumer, error = _failing_consumer(10)
+    await _raises_itself(lambda: storage.read(sid, consumer), error, "consumer")
 
 
 def check_errors_and_checkpoints(ctx: Context) -> None:
