@@ -276,6 +276,7 @@ def _direct_statistics(commands: int) -> RedisStorageStatistics:
 class _Driver:
     """What both drivers share: the command tuples, direct or through an `AutoPipeline`."""
 
+    _client: Any
     _commands: int
     _pipeline: AutoPipeline | None
     _call: Callable[[Command], Awaitable[object]]
@@ -289,6 +290,25 @@ class _Driver:
             self._call = self._pipeline.call
 
     async def _send_one(self, command: Command) -> object:
+        self._commands += 1
+        kind, key, a, b = command
+        client = self._client
+        if kind is _GET:
+            return await client.get(key)
+        if kind is _SET:
+            return await self._set_one(key, a, b)
+        if kind is _DELETE:
+            return await client.delete([key])
+        if kind is _PEXPIRE:
+            return await client.pexpire(key, a)
+        keys, args = b
+        return await self._eval_one(a, keys, args)
+
+    # A command sent on its own: the two that each client spells its own way.
+    async def _set_one(self, key: bytes, value: bytes, px: int | None) -> object:
+        raise NotImplementedError
+
+    async def _eval_one(self, script: LuaScript, keys: list[bytes], args: list[bytes]) -> object:
         raise NotImplementedError
 
     async def _send_batch(self, commands: list[Command]) -> list[Reply]:
@@ -331,7 +351,7 @@ class GlideDriver(_Driver):
     ) -> None:
         import glide
 
-        self._client: Any = client
+        self._client = client
         self._glide = glide
         self._cluster = isinstance(client, glide.GlideClusterClient)
         self._scripts: dict[LuaScript, glide.Script] = {}
@@ -368,20 +388,12 @@ class GlideDriver(_Driver):
             compiled = self._scripts[script] = self._glide.Script(script.source)  # type: ignore[no-untyped-call]
         return compiled
 
-    async def _send_one(self, command: Command) -> object:
-        self._commands += 1
-        kind, key, a, b = command
-        client = self._client
-        if kind is _GET:
-            return await client.get(key)
-        if kind is _SET:
-            return await client.set(key, a, expiry=None if b is None else self._expiry(b))
-        if kind is _DELETE:
-            return await client.delete([key])
-        if kind is _PEXPIRE:
-            return await client.pexpire(key, a)
-        keys, args = b
-        return await client.invoke_script(self._script(a), keys=keys, args=args)
+    async def _set_one(self, key: bytes, value: bytes, px: int | None) -> object:
+        expiry = None if px is None else self._expiry(px)
+        return await self._client.set(key, value, expiry=expiry)
+
+    async def _eval_one(self, script: LuaScript, keys: list[bytes], args: list[bytes]) -> object:
+        return await self._client.invoke_script(self._script(script), keys=keys, args=args)
 
     async def _send_batch(self, commands: list[Command]) -> list[Reply]:
         self._commands += len(commands)
@@ -435,7 +447,7 @@ class CoredisDriver(_Driver):
 
         if client.decode_responses:
             raise ValueError("a coredis client for RedisStorage needs decode_responses=False")
-        self._client: Any = client
+        self._client = client
         self._no_script = NoScriptError
         self._start(pipeline=pipeline, max_batch=max_batch)
 
@@ -448,20 +460,11 @@ class CoredisDriver(_Driver):
             self._commands += 1
             return await self._client.eval(script.source, *command[3])
 
-    async def _send_one(self, command: Command) -> object:
-        self._commands += 1
-        kind, key, a, b = command
-        client = self._client
-        if kind is _GET:
-            return await client.get(key)
-        if kind is _SET:
-            return await client.set(key, a, px=b)
-        if kind is _DELETE:
-            return await client.delete([key])
-        if kind is _PEXPIRE:
-            return await client.pexpire(key, a)
-        keys, args = b
-        return await client.evalsha(a.sha1, keys, args)
+    async def _set_one(self, key: bytes, value: bytes, px: int | None) -> object:
+        return await self._client.set(key, value, px=px)
+
+    async def _eval_one(self, script: LuaScript, keys: list[bytes], args: list[bytes]) -> object:
+        return await self._client.evalsha(script.sha1, keys, args)
 
     async def _send_batch(self, commands: list[Command]) -> list[Reply]:
         self._commands += len(commands)
