@@ -67,7 +67,7 @@ def _servers_for(
             except (OSError, RuntimeError) as exc:
                 results.skip("Redis", f"server did not start: {exc}")
         bindir = find_postgres_bindir()
-        if not postgres or ("pairs" not in sections and "lateness" not in sections):
+        if not postgres or not {"pairs", "concurrency", "lateness"} & set(sections):
             results.skip("PostgreSQL", "--no-postgres" if not postgres else "no section needs it")
         elif absent := [m for m in ("psycopg",) if not importable(m)]:
             names = " ".join(m.replace("_", "-") for m in absent)

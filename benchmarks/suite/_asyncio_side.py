@@ -6,7 +6,10 @@ its argument and prints ``{"tasks": [ops/s per repeat], ...}`` as JSON.
 
 * ``starsessions-redis``: starsessions' RedisStore (redis-py) on a private server;
 * ``asyncpg``: the two SQL statements PostgresStorage runs, through an asyncpg pool of
-  the same size.
+  the same size (``pool`` connections at most, ``min_pool`` kept open).
+
+With ``warmup``, each task count runs once unmeasured before the repeats (connections
+made, statements prepared), as the trio side warms up.
 """
 
 from __future__ import annotations
@@ -90,7 +93,12 @@ async def _run(job: dict[str, Any]) -> dict[str, list[float]]:
         async def no_reset(connection: object) -> None:
             pass
 
-        pool = await asyncpg.create_pool(job["dsn"], min_size=1, max_size=10, reset=no_reset)
+        pool = await asyncpg.create_pool(
+            job["dsn"],
+            min_size=job.get("min_pool", 1),
+            max_size=job.get("pool", 10),
+            reset=no_reset,
+        )
 
         def digest(session_id: str) -> bytes:
             return hashlib.sha256(session_id.encode()).digest()
@@ -110,19 +118,25 @@ async def _run(job: dict[str, Any]) -> dict[str, list[float]]:
     try:
         for session_id in ids:
             await write(session_id, payload)
+
+        async def measure(tasks: int) -> float:
+            return await throughput(
+                write,
+                read,
+                ids,
+                payload,
+                tasks=tasks,
+                seconds=job["seconds"],
+                max_ops=job["max_ops"],
+            )
+
         figures: dict[str, list[float]] = {str(tasks): [] for tasks in job["tasks"]}
+        if job.get("warmup"):
+            for tasks in job["tasks"]:
+                await measure(tasks)
         for _ in range(job["repeats"]):
             for tasks in job["tasks"]:
-                rate = await throughput(
-                    write,
-                    read,
-                    ids,
-                    payload,
-                    tasks=tasks,
-                    seconds=job["seconds"],
-                    max_ops=job["max_ops"],
-                )
-                figures[str(tasks)].append(rate)
+                figures[str(tasks)].append(await measure(tasks))
         return figures
     finally:
         await close()

@@ -12,7 +12,7 @@ import trio
 from . import _footprint
 from . import _targets as t
 from ._core import Ops, Role, fill, lateness, throughput
-from ._plan import KIB
+from ._plan import KIB, Plan
 from ._suite import (
     ASYNCPG,
     BENCHMARK,
@@ -144,6 +144,7 @@ def _postgres(suite: Suite) -> None:
         "size": KIB,
         "ids": suite.plan.ids,
         "tasks": [1],
+        "warmup": True,
     }
     suite.asyncio_peer("pairs", "postgres", ASYNCPG, job, None, role="baseline")
 
@@ -255,7 +256,51 @@ def concurrency(suite: Suite) -> list[Step]:
             suite.asyncio_peer("concurrency", "redis", STARSESSIONS_REDIS, job, BENCHMARK)
 
         steps.append(("concurrency", _with_peers("redis", _redis_peers()), redis))
+    if suite.servers.dsn is not None:
+        steps.append(("concurrency", "postgres", functools.partial(_postgres_tasks, suite)))
     return steps
+
+
+def postgres_pool(plan: Plan) -> int:
+    """Connections both PostgreSQL candidates keep open in the concurrency section: one
+    per task up to 64 tasks (PostgreSQL's default limit is 100 connections)."""
+    return min(64, max(plan.concurrency))
+
+
+def _postgres_tasks(suite: Suite) -> None:
+    """PostgresStorage and asyncpg on asyncio, each with the same pool, kept full."""
+    dsn = suite.servers.dsn
+    assert dsn is not None
+    plan, data = suite.plan, payload(KIB)
+    ids, pool = session_ids(plan.concurrency_ids), postgres_pool(plan)
+
+    async def prepare(ops: Ops, tasks: int) -> None:
+        if tasks == plan.concurrency[0]:
+            await fill(ops, ids, data)
+        # Unmeasured, at every task count: the pool's connections made and warm.
+        await throughput(ops, ids, data, tasks=tasks, seconds=plan.seconds, max_ops=plan.max_ops)
+
+    async def measure(ops: Ops, tasks: int) -> float:
+        return await throughput(
+            ops, ids, data, tasks=tasks, seconds=plan.seconds, max_ops=plan.max_ops
+        )
+
+    entries: list[Entry] = [
+        (functools.partial(t.postgres_storage, dsn, "bench_sessions", pool), ASYNCPG)
+    ]
+    suite.run_curve("concurrency", "postgres", entries, plan.concurrency, prepare, measure)
+    job = {
+        "kind": "asyncpg",
+        "dsn": dsn,
+        "table": "bench_sessions",
+        "size": KIB,
+        "ids": plan.concurrency_ids,
+        "tasks": list(plan.concurrency),
+        "pool": pool,
+        "min_pool": pool,
+        "warmup": True,
+    }
+    suite.asyncio_peer("concurrency", "postgres", ASYNCPG, job, None, role="baseline")
 
 
 def footprint(suite: Suite) -> list[Step]:

@@ -27,6 +27,8 @@ from trio_sessions.testing.servers import Resp
 from ._core import TTL, Ops, Role, Target, read_all, starsessions_ops
 
 PX = TTL * 1000
+#: A session id never stored: what opens a connection costs one statement and no row.
+WARM_UP_ID = "warm-up-0123456789abcdef0123456789abcdef"
 
 
 def target(name: str, role: Role, opener: Callable[[], AbstractAsyncContextManager[Ops]]) -> Target:
@@ -344,14 +346,27 @@ def redis_raw(url: str, port: int, driver: DriverName) -> Target:
 # ----------------------------------------------------------------- PostgreSQL
 
 
-def postgres_storage(dsn: str, table: str) -> Target:
+def postgres_storage(dsn: str, table: str, pool: int | None = None) -> Target:
+    """`PostgresStorage` with its default pool, or with *pool* connections kept open."""
     from trio_sessions import open_postgres_storage
 
     importlib.import_module("psycopg")
 
     @asynccontextmanager
     async def opener() -> AsyncIterator[Ops]:
-        async with open_postgres_storage(dsn, table=table) as storage:
+        opening = (
+            open_postgres_storage(dsn, table=table)
+            if pool is None
+            else open_postgres_storage(dsn, table=table, max_connections=pool, min_connections=pool)
+        )
+        async with opening as storage:
+            if pool is not None:
+                # As asyncpg's pool opens its minimum before it returns: every connection
+                # made before the first measurement (by as many statements at once), not
+                # while it runs.
+                async with trio.open_nursery() as nursery:
+                    for _ in range(pool):
+                        nursery.start_soon(storage.invalidate, WARM_UP_ID)
             yield storage_ops(storage)
 
     return target("PostgresStorage", "subject", opener)

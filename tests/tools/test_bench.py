@@ -24,6 +24,7 @@ from benchmarks.suite._command import main
 from benchmarks.suite._core import Progress, Results
 from benchmarks.suite._plan import SECTIONS as PLAN_SECTIONS
 from benchmarks.suite._sections import BUILDERS
+from trio_sessions.testing.pytest_plugin import require_module
 
 #: The repository's root: the suite runs from there, as ``python -m benchmarks.suite``.
 ROOT = Path(__file__).resolve().parents[2]
@@ -205,6 +206,36 @@ def test_bench_says_what_it_skipped_and_names_only_the_peers_it_ran(tmp_path: Pa
     ]
     data = json.loads((output / "results.json").read_text())
     assert {f["role"] for f in data["figures"]} == {"subject", "baseline", "reference"}
+
+
+def test_the_concurrency_section_measures_postgres_against_asyncpg_at_every_task_count(
+    tmp_path: Path, postgres_bindir: Path
+) -> None:
+    require_module("psycopg")
+    require_module("asyncpg")
+    output = tmp_path / "results"
+    command = ["--smoke", "--only", "concurrency", "--no-redis"]
+    command += ["--output", str(output), "--tmp", str(tmp_path)]
+    result = run_suite(command)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "concurrency: postgres" in result.stderr
+    data = json.loads((output / "results.json").read_text())
+    assert data["skipped"] == [{"what": "Redis", "why": "--no-redis"}]
+    tasks = [float(x) for x in data["plan"]["concurrency"]]
+    postgres = [f for f in data["figures"] if f["group"] == "postgres"]
+    by_name: dict[str, list[float]] = {}
+    for figure in postgres:
+        assert figure["section"] == "concurrency"
+        by_name.setdefault(figure["name"], []).append(figure["x"])
+    assert by_name == {"PostgresStorage": tasks, "asyncpg on asyncio (same SQL)": tasks}
+    ours = [f for f in postgres if f["name"] == "PostgresStorage"]
+    assert all(f["baseline"] == "asyncpg on asyncio (same SQL)" and f["ratio"] for f in ours)
+    markdown = (output / "results.md").read_text()
+    assert "| postgres | PostgresStorage | asyncpg on asyncio (same SQL) |" in markdown
+    summary = markdown.split("## Summary")[1].split("##")[0]
+    assert "| PostgresStorage |  | " in summary  # no pairs section: its 16-task figure only
+    if importlib.util.find_spec("matplotlib") is not None:
+        assert data["charts"] == ["concurrency.png"]
 
 
 def test_a_step_names_the_peers_it_runs() -> None:
