@@ -312,6 +312,28 @@ async def test_an_unreachable_server_is_a_storage_error(pg_cluster: PostgresServ
         assert isinstance(info.value.__cause__, psycopg.OperationalError)
 
 
+@pytest.mark.parametrize(
+    ("options", "error", "message"),
+    [
+        ({"max_connections": 0}, ValueError, "max_connections must be at least 1"),
+        ({"max_connections": 2.0}, TypeError, "max_connections must be an int"),
+        ({"min_connections": -1}, ValueError, "min_connections must be at least 0"),
+        ({"min_connections": True}, TypeError, "min_connections must be an int"),
+        ({"min_connections": 3, "max_connections": 2}, ValueError, "must not exceed"),
+        ({"max_idle": 0}, ValueError, "max_idle must be a positive number"),
+        ({"max_idle": math.inf}, ValueError, "max_idle must be a positive number"),
+        ({"max_size": 0}, ValueError, "max_size"),
+    ],
+)
+async def test_bad_options_are_refused_before_connecting(
+    options: dict[str, Any], error: type[Exception], message: str
+) -> None:
+    # No server: nothing is tried before the options are checked.
+    with pytest.raises(error, match=message):
+        async with open_postgres_storage("postgresql://nobody@127.0.0.1:1/x", **options):
+            raise AssertionError("not reached")  # pragma: no cover
+
+
 async def test_a_malformed_dsn_is_refused_before_connecting() -> None:
     with pytest.raises(ValueError, match="connection string"):
         async with open_postgres_storage("host=localhost port='unterminated"):
@@ -687,15 +709,11 @@ async def test_purge_from_the_command_line(dsn: str) -> None:
         assert b"no_such_table" in missing.stderr
 
 
-async def test_operations_before_run_are_refused(dsn: str) -> None:
-    storage = PostgresStorage(dsn)
-    with pytest.raises(RuntimeError, match="open_postgres_storage"):
-        await storage.read_bytes("a")
-    async with trio.open_nursery() as nursery:
-        await nursery.start(storage.run)
-        await storage.write_bytes("a", b"in your nursery")
-        assert await storage.read_bytes("a") == b"in your nursery"
-        await storage.aclose()
+async def test_operations_after_the_block_are_refused(dsn: str) -> None:
+    with trio.fail_after(20):
+        async with open_postgres_storage(dsn) as storage:
+            await storage.write_bytes("a", b"inside the block")
+            assert await storage.read_bytes("a") == b"inside the block"
     with pytest.raises(trio.ClosedResourceError):
         await storage.read_bytes("a")
 

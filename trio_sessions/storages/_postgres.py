@@ -132,61 +132,62 @@ def _new_version() -> int:
     return _random.getrandbits(63) or 1  # never reused in practice: 2**63 values
 
 
-@final
-class PostgresStorage(ConditionalBase):
-    """Sessions in a PostgreSQL table, with conditional writes.
+@dataclass(frozen=True, slots=True, kw_only=True)
+class _Options:
+    """What `open_postgres_storage` was given (its signature holds the defaults), checked."""
 
-    Prefer `open_postgres_storage`, which takes the same arguments. To run the storage in
-    a nursery you already have, start it there and close it when done::
+    dsn: str
+    table: str
+    max_size: int
+    max_connections: int
+    min_connections: int
+    max_idle: float
+    create_table: bool
+    wall_clock: Callable[[], float]
 
-        storage = PostgresStorage(dsn)
-        await nursery.start(storage.run)  # connected, table ready
-        ...
-        await storage.aclose()
-
-    Operations before `run` has started raise `RuntimeError`.
-    """
-
-    def __init__(
-        self,
-        dsn: str,
-        *,
-        table: str = "trio_sessions",
-        max_size: int = DEFAULT_MAX_SIZE,
-        max_connections: int = 10,
-        min_connections: int = 1,
-        max_idle: float = 60.0,
-        create_table: bool = True,
-        wall_clock: Callable[[], float] = time.time,
-    ) -> None:
-        super().__init__(max_size=max_size)
-        qualified, _ = _split_table(table)
-        if not isinstance(dsn, str):
-            raise TypeError(f"dsn must be a str, not {type(dsn).__name__}")
-        for name, value, least in (
-            ("max_connections", max_connections, 1),
-            ("min_connections", min_connections, 0),
-        ):
+    def __post_init__(self) -> None:
+        _split_table(self.table)
+        if not isinstance(self.dsn, str):
+            raise TypeError(f"dsn must be a str, not {type(self.dsn).__name__}")
+        for name, least in (("max_connections", 1), ("min_connections", 0)):
+            value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int):
                 raise TypeError(f"{name} must be an int")
             if value < least:
                 raise ValueError(f"{name} must be at least {least} (got {value})")
-        if min_connections > max_connections:
+        if self.min_connections > self.max_connections:
             raise ValueError("min_connections must not exceed max_connections")
-        if not (isinstance(max_idle, int | float) and 0 < max_idle < math.inf):
-            raise ValueError(f"max_idle must be a positive number of seconds (got {max_idle!r})")
+        if not (isinstance(self.max_idle, int | float) and 0 < self.max_idle < math.inf):
+            raise ValueError(
+                f"max_idle must be a positive number of seconds (got {self.max_idle!r})"
+            )
+
+
+@final
+class PostgresStorage(ConditionalBase):
+    """Sessions in a PostgreSQL table, with conditional writes.
+
+    Made by `open_postgres_storage`, which runs its connection pool in a nursery of its own.
+    """
+
+    def __init__(self, options: _Options) -> None:
+        super().__init__(max_size=options.max_size)
         from . import _pq  # psycopg: the 'postgres' extra
 
-        _pq.parse(dsn)  # a malformed string fails here, not at the first connection
-        self._table, self._quoted = table, qualified
-        self._create_table = create_table
-        self._wall_clock = wall_clock
+        _pq.parse(options.dsn)  # a malformed string fails here, not at the first connection
+        self._table = options.table
+        self._quoted, _ = _split_table(options.table)
+        self._create_table = options.create_table
+        self._wall_clock = options.wall_clock
         self._pool: Pool = _pq.Pool(
-            dsn, max_size=max_connections, min_size=min_connections, max_idle=float(max_idle)
+            options.dsn,
+            max_size=options.max_connections,
+            min_size=options.min_connections,
+            max_idle=float(options.max_idle),
         )
         self._scope: trio.CancelScope | None = None
         self._started = False
-        t = qualified
+        t = self._quoted
         alive = "(expires_at IS NULL OR expires_at > $%d)"
 
         def statement(name: str, sql: str, *types: int) -> Statement:
@@ -268,9 +269,9 @@ class PostgresStorage(ConditionalBase):
     ) -> None:
         """Connect, prepare the table, then run the connection pool until `aclose`.
 
-        Use ``await nursery.start(storage.run)``: the storage is ready when it returns.
-        A server that cannot be reached, or a table that cannot be used, raises
-        `StorageError` from there.
+        `open_postgres_storage` starts it with ``nursery.start``: the storage is ready
+        when that returns. A server that cannot be reached, or a table that cannot be
+        used, raises `StorageError` from there.
         """
         if self._started:
             raise RuntimeError("this PostgresStorage has already been started")
@@ -353,10 +354,7 @@ class PostgresStorage(ConditionalBase):
 
     def _check_running(self) -> None:
         if not self._started and not self._closed:
-            raise RuntimeError(
-                "PostgresStorage is not running: use open_postgres_storage() "
-                "or nursery.start(storage.run)"
-            )
+            raise RuntimeError("PostgresStorage is not running: use open_postgres_storage()")
         if self._closed:
             raise trio.ClosedResourceError(f"{type(self).__name__} is closed")
 
@@ -426,8 +424,8 @@ async def open_postgres_storage(
     later makes the operations that need it raise `StorageError` until it returns;
     the storage reconnects by itself. Requires the ``postgres`` extra (psycopg).
     """
-    storage = PostgresStorage(
-        dsn,
+    options = _Options(
+        dsn=dsn,
         table=table,
         max_size=max_size,
         max_connections=max_connections,
@@ -436,6 +434,7 @@ async def open_postgres_storage(
         create_table=create_table,
         wall_clock=wall_clock,
     )
+    storage = PostgresStorage(options)
     # The storage's own task fails only while opening, so a group holds one error.
     with collapsed_errors():
         async with trio.open_nursery() as nursery:
