@@ -17,6 +17,7 @@ import shutil
 import sys
 import tempfile
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import trio
@@ -39,28 +40,43 @@ class MissingExtra(Exception):
         )
 
 
-def _argument(
-    convert: Callable[[str], Any], expected: str, valid: Callable[[Any], bool], bounds: str
-) -> Callable[[str], Any]:
+@dataclass(frozen=True)
+class _Number:
     """An argparse type: *convert* the text, then refuse values outside *bounds*."""
 
-    def parse(text: str) -> Any:
+    convert: Callable[[str], Any]
+    expected: str
+    valid: Callable[[Any], bool]
+    bounds: str
+    #: How the usage line names such a value.
+    metavar: str
+
+    def __call__(self, text: str) -> Any:
         try:
-            value = convert(text)
+            value = self.convert(text)
         except ValueError:
-            raise argparse.ArgumentTypeError(f"expected {expected}, got {text!r}") from None
-        if not valid(value):
-            got = repr(text) if convert is float else str(value)
-            raise argparse.ArgumentTypeError(f"must be {bounds}, got {got}")
+            raise argparse.ArgumentTypeError(f"expected {self.expected}, got {text!r}") from None
+        if not self.valid(value):
+            got = repr(text) if self.convert is float else str(value)
+            raise argparse.ArgumentTypeError(f"must be {self.bounds}, got {got}")
         return value
 
-    return parse
+    def add_to(
+        self, parser: argparse.ArgumentParser, flag: str, *, default: Any, help: str
+    ) -> None:
+        """Add the option *flag* of this type; its help states the bounds and the default."""
+        help = f"{help} ({self.bounds}; default: %(default)s)"
+        parser.add_argument(flag, type=self, default=default, metavar=self.metavar, help=help)
 
 
-_positive_int = _argument(int, "a whole number", lambda v: v >= 1, "at least 1")
-_port = _argument(int, "a port number", lambda v: 0 <= v <= 65535, "from 0 to 65535")
-_seconds = _argument(
-    float, "a number of seconds", lambda v: not math.isnan(v) and v >= 0, "a number of seconds >= 0"
+_positive_int = _Number(int, "a whole number", lambda v: v >= 1, "at least 1", "N")
+_port = _Number(int, "a port number", lambda v: 0 <= v <= 65535, "from 0 to 65535", "PORT")
+_seconds = _Number(
+    float,
+    "a number of seconds",
+    lambda v: not math.isnan(v) and v >= 0,
+    "a number of seconds >= 0",
+    "SECONDS",
 )
 
 
@@ -199,84 +215,90 @@ def _purge(args: argparse.Namespace) -> int:
     return 0
 
 
+def _command(
+    commands: argparse._SubParsersAction[argparse.ArgumentParser],
+    name: str,
+    run: Callable[[argparse.Namespace], int],
+    help: str,
+    description: str,
+) -> argparse.ArgumentParser:
+    """Add the command *name*, which *run* carries out."""
+    parser = commands.add_parser(name, help=help, description=description)
+    parser.set_defaults(run=run, parser=parser)
+    return parser
+
+
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="trio-sessions", description="Server-side web sessions for trio."
     )
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    check = commands.add_parser(
+    check = _command(
+        commands,
         "check",
-        help="run the conformance checks against a storage",
-        description=(
-            "Run trio_sessions.testing's conformance checks. FACTORY is called for every "
-            "example (with a ManualClock if it accepts one) and returns a SessionStorage or "
-            "an async context manager yielding one. Without FACTORY, the built-in storages "
-            "are checked."
-        ),
+        _check,
+        "run the conformance checks against a storage",
+        "Run trio_sessions.testing's conformance checks. FACTORY is called for every "
+        "example (with a ManualClock if it accepts one) and returns a SessionStorage or "
+        "an async context manager yielding one. Without FACTORY, the built-in storages "
+        "are checked.",
     )
     check.add_argument("factory", nargs="*", metavar="MODULE:FACTORY")
-    check.add_argument(
-        "--max-examples",
-        type=_positive_int,
-        default=50,
-        metavar="N",
-        help="hypothesis examples per property-based check, at least 1 (default: %(default)s)",
+    _positive_int.add_to(
+        check, "--max-examples", default=50, help="hypothesis examples per property-based check"
     )
     check.add_argument("--only", action="append", metavar="CHECK", help="run only this check")
     check.add_argument(
         "--real-time", action="store_true", help="the storage cannot use the harness's clock"
     )
     check.add_argument("-v", "--verbose", action="store_true", help="full tracebacks")
-    check.set_defaults(run=_check, parser=check)
-    demo = commands.add_parser(
+
+    demo = _command(
+        commands,
         "demo",
-        help="serve the demo web app (Quart-Trio) with sessions in a directory",
-        description=(
-            "Serve a small Quart-Trio app, a login/logout flow that is safe to copy: no "
-            'session until login, CSRF tokens on both forms, id rotation, "remember me", '
-            "logout on the server. Sessions are kept in a DirectoryStorage in "
-            "ROOT/sessions and survive restarts. Needs the 'demo' extra."
-        ),
+        _demo,
+        "serve the demo web app (Quart-Trio) with sessions in a directory",
+        "Serve a small Quart-Trio app, a login/logout flow that is safe to copy: no "
+        'session until login, CSRF tokens on both forms, id rotation, "remember me", '
+        "logout on the server. Sessions are kept in a DirectoryStorage in "
+        "ROOT/sessions and survive restarts. Needs the 'demo' extra.",
     )
     demo.add_argument("--host", default="127.0.0.1", help="address to listen on")
-    demo.add_argument(
-        "--port", type=_port, default=8000, help="0 picks a free port (default: %(default)s)"
-    )
+    _port.add_to(demo, "--port", default=8000, help="0 picks a free port")
     demo.add_argument(
         "--root",
         default=".trio-sessions",
         help="where the sessions and their signing key are kept (default: %(default)s)",
     )
-    demo.set_defaults(run=_demo, parser=demo)
-    purge = commands.add_parser(
+
+    purge = _command(
+        commands,
         "purge",
-        help="delete expired sessions from a storage",
-        description="Delete expired sessions (reads already ignore them); run it from cron.",
+        _purge,
+        "delete expired sessions from a storage",
+        "Delete expired sessions (reads already ignore them); run it from cron.",
     )
     target = purge.add_mutually_exclusive_group(required=True)
     target.add_argument(
         "directory", nargs="?", metavar="DIR", help="a DirectoryStorage root directory"
     )
     target.add_argument("--postgres", metavar="DSN", help="a PostgresStorage database")
-    purge.add_argument(
-        "--temp-grace",
-        type=_seconds,
-        default=3600.0,
-        metavar="SECONDS",
-        help="DIR: remove temporary files older than this, >= 0 (default: %(default)s)",
+    _seconds.add_to(
+        purge, "--temp-grace", default=3600.0, help="DIR: remove temporary files older than this"
     )
     purge.add_argument(
         "--table", default="trio_sessions", help="PostgresStorage table (default: %(default)s)"
     )
-    purge.set_defaults(run=_purge, parser=purge)
-    stats = commands.add_parser(
+
+    stats = _command(
+        commands,
         "stats",
-        help="count the sessions in a DirectoryStorage root",
-        description="Count session files, payload bytes and temporary files (reads no payload).",
+        _stats,
+        "count the sessions in a DirectoryStorage root",
+        "Count session files, payload bytes and temporary files (reads no payload).",
     )
     stats.add_argument("directory", metavar="DIR", help="a DirectoryStorage root directory")
-    stats.set_defaults(run=_stats, parser=stats)
     return parser
 
 
