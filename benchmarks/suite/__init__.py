@@ -77,6 +77,7 @@ def _servers_for(
         else:
             try:
                 servers.dsn = stack.enter_context(_servers.postgres_server(bindir))
+                servers.postgres_version = _servers.postgres_version(bindir)
                 progress.note(f"started PostgreSQL from {bindir}")
             except (OSError, RuntimeError, subprocess.SubprocessError) as exc:
                 results.skip("PostgreSQL", f"server did not start: {exc}")
@@ -106,6 +107,8 @@ def run(
         if servers.redis is not None:
             machine["redis_server"] = servers.redis.version
             machine["redis_benchmark"] = _servers.redis_benchmark_version()
+        if servers.dsn is not None:
+            machine["postgres_server"] = servers.postgres_version
         suite = Suite(plan, servers, results, tmp, progress)
         steps = [step for s in SECTIONS if s in sections for step in BUILDERS[s](suite)]
         progress.total = len(steps)

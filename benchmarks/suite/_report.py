@@ -124,7 +124,8 @@ def markdown(data: dict[str, Any], figures: Sequence[Figure]) -> str:
         f"{machine['load_average_start']} at the start, {machine['load_average_end']} at the end.",
         "",
         f"Versions: {versions}. Redis server: {machine.get('redis_server') or 'none'}; "
-        f"{machine.get('redis_benchmark') or 'no redis-benchmark'}.",
+        f"{machine.get('redis_benchmark') or 'no redis-benchmark'}. "
+        f"PostgreSQL server: {machine.get('postgres_server') or 'none'}.",
         "",
         "Each cell: the median over the repeats, [min-max], and the ratio of the median to "
         "the baseline's median measured in the same run (the baseline is named in each "

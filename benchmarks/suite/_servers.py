@@ -73,3 +73,15 @@ def postgres_server(bindir: Path) -> Iterator[str]:
     """
     with servers.postgres_server(bindir) as server:
         yield server.dsn
+
+
+def postgres_version(bindir: Path) -> str | None:
+    """The server's version, as ``postgres --version`` gives it ("PostgreSQL 15.18 ...")."""
+    try:
+        done = subprocess.run(
+            [str(bindir / "postgres"), "--version"], capture_output=True, text=True, timeout=30
+        )
+    except (OSError, subprocess.SubprocessError):
+        return None
+    version = done.stdout.strip().removeprefix("postgres (PostgreSQL)").strip()
+    return f"PostgreSQL {version}" if done.returncode == 0 and version else None

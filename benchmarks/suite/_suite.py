@@ -74,6 +74,7 @@ class Servers:
     redis: _servers.RedisServer | None = None
     drivers: tuple[DriverName, ...] = ()
     dsn: str | None = None
+    postgres_version: str | None = None
 
 
 class Suite:

@@ -221,6 +221,7 @@ def test_the_concurrency_section_measures_postgres_against_asyncpg_at_every_task
     assert "concurrency: postgres" in result.stderr
     data = json.loads((output / "results.json").read_text())
     assert data["skipped"] == [{"what": "Redis", "why": "--no-redis"}]
+    assert data["machine"]["postgres_server"].startswith("PostgreSQL ")
     tasks = [float(x) for x in data["plan"]["concurrency"]]
     postgres = [f for f in data["figures"] if f["group"] == "postgres"]
     by_name: dict[str, list[float]] = {}
