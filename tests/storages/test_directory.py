@@ -273,6 +273,53 @@ async def test_unreadable_files_read_as_absent_and_purge_removes_them(
         assert await storage.read_bytes("victim-session") == b"new"
 
 
+@pytest.mark.parametrize("kind", ["folder", "fifo"])
+async def test_a_folder_or_a_fifo_in_place_of_a_session_file_reads_as_absent(
+    storage: DirectoryStorage, caplog: pytest.LogCaptureFixture, kind: str
+) -> None:
+    with trio.fail_after(10):
+        await storage.write_bytes("victim-session", SMALL)
+        path = session_file(Path(storage.root))
+        path.unlink()
+        if kind == "folder":
+            path.mkdir(mode=0o700)
+        else:
+            os.mkfifo(path, 0o600)
+        with caplog.at_level(logging.WARNING, logger=directory_module.__name__):
+            for read in (storage.read_bytes, storage.read_versioned):
+                with pytest.raises(SessionNotFound):
+                    await read("victim-session")
+        assert caplog.records, "no warning was logged"
+        # No version either: a write expecting one conflicts.
+        with pytest.raises(WriteConflict):
+            await storage.write_bytes_if("victim-session", b"x", version=1)
+
+
+@pytest.mark.parametrize("value", [SMALL, LARGE], ids=["small", "large"])
+async def test_short_reads_are_not_taken_for_damage(
+    storage: DirectoryStorage, monkeypatch: pytest.MonkeyPatch, value: bytes
+) -> None:
+    """A file system may return fewer bytes than asked before the end of a file."""
+
+    class ShortReads:
+        def __getattr__(self, name: str) -> Any:
+            return getattr(os, name)
+
+        @staticmethod
+        def read(fd: int, size: int) -> bytes:
+            return os.read(fd, min(size, 7))
+
+    with trio.fail_after(10):
+        version = await storage.write_bytes_if("short", value, version=None)
+        monkeypatch.setattr(directory_module, "os", ShortReads())
+        assert await storage.read_versioned("short") == Versioned(value, version)
+        assert await storage.read("short", read_all) == value
+        version = await storage.write_bytes_if("short", value[::-1], version=version)
+        assert await storage.read_bytes("short") == value[::-1]
+        with pytest.raises(WriteConflict):
+            await storage.write_bytes_if("short", b"", version=None)
+
+
 async def test_temporary_files_are_ignored_and_stale_ones_purged(storage: DirectoryStorage) -> None:
     with trio.fail_after(10):
         await storage.write_bytes("kept", SMALL)
@@ -353,14 +400,25 @@ async def test_purge_ignores_a_temporary_file_committed_while_it_looks(
 
 @pytest.fixture
 def thread_hops(monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    """The jobs given to worker threads (however the storage starts them)."""
     hops: list[str] = []
-    real = trio.to_thread.run_sync
+    real_start = trio.lowlevel.start_thread_soon
+    real_run_sync = trio.to_thread.run_sync
 
-    async def counting(fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
-        hops.append(getattr(fn, "__name__", repr(fn)))
-        return await real(fn, *args, **kwargs)
+    def name(fn: Callable[..., Any]) -> str:
+        fn = getattr(fn, "func", fn)  # a functools.partial
+        return getattr(fn, "__name__", repr(fn))
 
-    monkeypatch.setattr(trio.to_thread, "run_sync", counting)
+    def start(fn: Callable[[], Any], deliver: Callable[[Any], object], name_: Any = None) -> None:
+        hops.append(name(fn))
+        real_start(fn, deliver, name_)
+
+    async def run_sync(fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
+        hops.append(name(fn))  # (trio.to_thread does not go through trio.lowlevel's name)
+        return await real_run_sync(fn, *args, **kwargs)
+
+    monkeypatch.setattr(trio.lowlevel, "start_thread_soon", start)
+    monkeypatch.setattr(trio.to_thread, "run_sync", run_sync)
     return hops
 
 

@@ -36,9 +36,10 @@ FILE_FUNCTIONS = frozenset(
     | {"link", "unlink", "makedirs", "mkdir", "scandir", "stat", "listdir", "rmdir"}
     | {"pread", "pwrite", "flock", "writev"}
 )
-WRITE = frozenset(["open", "fstat", "fsync", "close", "stat", "flock", "replace"])
+WRITE = frozenset(["open", "fstat", "fsync", "close", "flock", "replace"])
 WRITE_SMALL = WRITE | {"writev"}
 WRITE_LARGE = WRITE | {"write"}
+COUNTED = frozenset(["stat", "pwrite"])  # the replaced file's size, the quota's count
 READ = frozenset(["open", "fstat", "read", "close"])
 OLD = b"old value " * 10
 NEW_SMALL = b"new value " * 100
@@ -147,14 +148,19 @@ SCENARIOS: dict[str, Scenario] = {
     ),
     "invalidate_if": Scenario(OLD, compare_and_delete, None, "unlink", DELETE),
     "write_bytes with a quota": Scenario(
-        OLD, lambda s: s.write_bytes(SID, NEW_SMALL), NEW_SMALL, "replace", WRITE_SMALL, quota=True
+        OLD,
+        lambda s: s.write_bytes(SID, NEW_SMALL),
+        NEW_SMALL,
+        "replace",
+        WRITE_SMALL | COUNTED,
+        quota=True,
     ),
     "streamed write with a quota": Scenario(
         None,
         lambda s: s.write(SID, provider_of(NEW_LARGE)),
         NEW_LARGE,
         "replace",
-        WRITE_LARGE,
+        WRITE_LARGE | COUNTED,
         True,
     ),
     "invalidate with a quota": Scenario(

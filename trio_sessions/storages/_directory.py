@@ -18,12 +18,16 @@ Folders are opened one level at a time, relative to their parent's descriptor, w
 no one else. A symbolic link or a foreign folder is refused, never followed.
 
 All file work runs in worker threads under a `trio.CapacityLimiter`, one thread hop per
-operation for values up to one chunk (64 KiB); a larger one streams chunk by chunk.
+operation for values up to one chunk (64 KiB); a larger one streams chunk by chunk. A hop
+is `trio.lowlevel.start_thread_soon` with nothing around it (`_in_thread`): under load,
+every system call a worker makes may hand the interpreter's lock to the event loop's
+thread and back, so the calls a hop adds count.
 """
 
 from __future__ import annotations
 
 import errno
+import functools
 import hashlib
 import logging
 import math
@@ -37,13 +41,16 @@ import zlib
 from collections.abc import Callable, Iterator
 from contextlib import ExitStack, contextmanager, suppress
 from dataclasses import dataclass
-from typing import Any, NamedTuple, TypeVar, final
+from typing import TYPE_CHECKING, Any, NamedTuple, TypeVar, final
 
 import trio
 
 from .._abc import DEFAULT_MAX_SIZE, PurgeResult
 from .._base import ConditionalBase
 from .._errors import SessionNotFound, StorageError
+
+if TYPE_CHECKING:
+    import outcome  # trio's own dependency
 
 try:
     import fcntl
@@ -62,6 +69,8 @@ _HEADER = struct.Struct(">4sB3xdQQI")
 #: format 1 (no version): read, never written
 _HEADER_V1 = struct.Struct(">4sB3xdQI")
 _CHUNK = 64 * 1024
+#: What the first read of a session file asks for: a file this size is read whole.
+_FIRST_READ = _HEADER.size + _CHUNK
 _NAME_LENGTH = 64
 _HEX = frozenset("0123456789abcdef")
 _TEMP_SUFFIX = ".tmp"
@@ -73,6 +82,8 @@ _QUOTA_MAGIC = b"TSqt"
 _ROOT_EXTRAS = frozenset({_QUOTA_FILE, "lost+found"})
 _RETRIES = 8  # a purge may remove an empty folder a writer was about to use: try again
 _ANY = -1  # the expected version of an unconditional write (versions are >= 1)
+#: A change to the quota ledger (sessions, payload bytes), or how to compute it.
+_Delta = tuple[int, int] | Callable[[], tuple[int, int]]
 
 _CLOEXEC = getattr(os, "O_CLOEXEC", 0)
 _NOFOLLOW = getattr(os, "O_NOFOLLOW", 0)
@@ -234,8 +245,39 @@ class _Head(NamedTuple):
     crc: int
 
 
-def _new_version() -> int:
-    return secrets.randbits(63) or 1
+def _temp_and_version() -> tuple[str, int]:
+    """A temporary file's name and the version of the value it will hold: one system call."""
+    raw = secrets.token_bytes(16)
+    return f".{raw[:8].hex()}{_TEMP_SUFFIX}", int.from_bytes(raw[8:]) >> 1 or 1
+
+
+def _not_abandoned(raise_cancel: object) -> trio.lowlevel.Abort:
+    return trio.lowlevel.Abort.FAILED  # a started hop runs to its end; the caller waits
+
+
+async def _in_thread(limiter: trio.CapacityLimiter, fn: Callable[[], R]) -> R:
+    """Run *fn* in one of trio's cached worker threads and return (or raise) its outcome.
+
+    What `trio.to_thread.run_sync` does with ``abandon_on_cancel=False``, less what this
+    module never uses: it renames no thread (two system calls per hop), copies no
+    context, and supports no `trio.from_thread` calls. Waiting for the *limiter* can be
+    cancelled; once *fn* has started, the caller waits for it (a cancellation takes
+    effect at the caller's next checkpoint).
+    """
+    task = trio.lowlevel.current_task()
+    borrower = object()  # the task may hold the limiter itself (a shared one)
+    await limiter.acquire_on_behalf_of(borrower)
+    try:
+        token = trio.lowlevel.current_trio_token()
+
+        def deliver(result: outcome.Outcome[R]) -> None:  # in the worker thread
+            token.run_sync_soon(trio.lowlevel.reschedule, task, result)
+
+        trio.lowlevel.start_thread_soon(fn, deliver)
+        result: R = await trio.lowlevel.wait_task_rescheduled(_not_abandoned)
+        return result
+    finally:
+        limiter.release_on_behalf_of(borrower)
 
 
 def _legacy_version(header: bytes, info: os.stat_result) -> int:
@@ -245,18 +287,28 @@ def _legacy_version(header: bytes, info: os.stat_result) -> int:
 
 
 def _read_head(fd: int, want: int | None) -> tuple[_Head, bytes] | None:
-    """Read the header and up to *want* payload bytes (``None``: all of them).
+    """Read the header and at least *want* payload bytes (``None``: all of them).
 
-    Returns ``None`` if the file is not a valid session file.
+    Returns ``None`` if the file is not a valid session file. A file of up to a chunk
+    takes one read and no ``fstat``: a read of a regular file that returns less than
+    asked has reached its end (should one stop short anyway, the rest is read before
+    the file is judged truncated). A larger file is measured with ``fstat``, and its
+    payload gets a read of its own (no copy); the descriptor is left after what was
+    returned.
     """
-    info = os.fstat(fd)
-    if not stat.S_ISREG(info.st_mode) or info.st_size < _HEADER_V1.size:
-        return None
-    size = info.st_size if want is None else min(info.st_size, _HEADER.size + want)
-    if size > _HEADER.size + _CHUNK:
-        size = _HEADER.size  # a large payload gets a read of its own, not a copy
-    raw = _read_exact(fd, size)
-    if raw is None or raw[:4] != _MAGIC:
+    try:
+        raw = os.read(fd, _FIRST_READ + 1)
+    except OSError:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            return None  # a folder or a device where a session file should be
+        raise
+    while 0 < len(raw) < _HEADER.size:  # short of a header: damaged, or a short read
+        part = os.read(fd, _FIRST_READ + 1 - len(raw))
+        if not part:
+            break
+        raw += part
+    info = os.fstat(fd) if len(raw) > _FIRST_READ else None
+    if len(raw) < _HEADER_V1.size or raw[:4] != _MAGIC:
         return None
     if raw[4] == _FORMAT and len(raw) >= _HEADER.size:
         _, _, expires_at, version, length, crc = _HEADER.unpack_from(raw)
@@ -264,18 +316,30 @@ def _read_head(fd: int, want: int | None) -> tuple[_Head, bytes] | None:
     elif raw[4] == 1:
         _, _, expires_at, length, crc = _HEADER_V1.unpack_from(raw)
         start = _HEADER_V1.size
+        info = info or os.fstat(fd)
         version = _legacy_version(raw[:start], info)
     else:
         return None
-    if math.isnan(expires_at) or version < 1 or info.st_size != start + length:
-        return None  # truncated, trailing garbage, or nonsense
-    first = raw[start:]
-    if want is None and len(first) < length:
-        rest = _read_exact(fd, length - len(first))
+    if math.isnan(expires_at) or version < 1:
+        return None
+    if info is None and len(raw) < start + length:
+        rest = _read_exact(fd, start + length - len(raw))  # a short read, or truncated
         if rest is None:
             return None
-        first = first + rest if first else rest
-    return _Head(expires_at, version, length, crc), first
+        raw += rest
+    size = len(raw) if info is None else info.st_size
+    if not stat.S_ISREG(info.st_mode if info else stat.S_IFREG) or size != start + length:
+        return None  # truncated, trailing garbage, or not a file
+    head = _Head(expires_at, version, length, crc)
+    if info is None:
+        return head, raw[start:]  # the descriptor is at the end of the file
+    if want is None:
+        os.lseek(fd, start, os.SEEK_SET)
+        payload = _read_exact(fd, length)
+        return None if payload is None else (head, payload)
+    first = raw[start : start + want]
+    os.lseek(fd, start + len(first), os.SEEK_SET)
+    return head, first
 
 
 def _payload_size(file_size: int) -> int:
@@ -536,7 +600,7 @@ class DirectoryStorage(ConditionalBase):
         return StorageError(f"DirectoryStorage could not {action} in {self._root}: {text}")
 
     async def _run(self, fn: Callable[..., R], *args: Any) -> R:
-        return await trio.to_thread.run_sync(fn, *args, limiter=self._limiter)
+        return await _in_thread(self._limiter, functools.partial(fn, *args))
 
     def _check_open(self) -> None:
         if self._closed:
@@ -580,8 +644,12 @@ class DirectoryStorage(ConditionalBase):
         place.leaf = fd
         return place
 
-    def _prepare(self, where: tuple[str, str], size: int) -> tuple[_Place, str, int]:
-        """Make the session's folders and a temporary file in them: (place, name, fd)."""
+    def _prepare(self, where: tuple[str, str], size: int) -> tuple[_Place, str, int, int]:
+        """Make the session's folders and a temporary file in them.
+
+        Returns the place, the file's name and descriptor, and the version of the value
+        the file will hold.
+        """
         for attempt in range(_RETRIES):
             last = attempt == _RETRIES - 1
             try:
@@ -591,7 +659,7 @@ class DirectoryStorage(ConditionalBase):
                 if last:
                     raise
                 continue
-            temp = f".{secrets.token_hex(8)}{_TEMP_SUFFIX}"
+            temp, version = _temp_and_version()
             try:
                 fd = os.open(temp, _CREATE, 0o600, dir_fd=place.leaf)
             except FileNotFoundError:
@@ -602,7 +670,7 @@ class DirectoryStorage(ConditionalBase):
             except BaseException:
                 place.close(quiet=True)
                 raise
-            return place, temp, fd
+            return place, temp, fd, version
         raise AssertionError("unreachable")
 
     # ----------------------------------------------------------------- quota
@@ -647,36 +715,38 @@ class DirectoryStorage(ConditionalBase):
         if error is not None:
             raise error
 
-    def _counted(self, root_fd: int, delta: tuple[int, int], change: Callable[[], None]) -> None:
+    def _counted(self, root_fd: int, delta: _Delta, change: Callable[[], None]) -> None:
         """Make *change* (a rename or an unlink), counting *delta* in the ledger if kept.
 
         Called under the lock of the folder whose file changes. The ledger is changed
         first, so a change the quota refuses does not happen, and restored if the change
-        fails.
+        fails. *delta* may be a function, called only if there is a ledger.
         """
         counted = self._account(root_fd, delta, True)
         try:
             change()
         except BaseException:
-            if counted:
+            if counted is not None:
                 with suppress(Exception):
-                    self._account(root_fd, (-delta[0], -delta[1]), False)
+                    self._account(root_fd, (-counted[0], -counted[1]), False)
             raise
 
-    def _account(self, root_fd: int, delta: tuple[int, int], enforce: bool) -> bool:
+    def _account(self, root_fd: int, delta: _Delta, enforce: bool) -> tuple[int, int] | None:
         """Add *delta* (sessions, payload bytes) to the shared ledger, if there is one.
 
         With a quota, a missing ledger is made (counting what the root holds) and, if
         *enforce*, a change that would exceed the quota raises its `StorageError`.
-        Returns whether a ledger changed.
+        Returns the delta added, or ``None`` if there is no ledger.
         """
         flags = _LEDGER | (os.O_CREAT if self._quota else 0)
         try:
             fd = os.open(_QUOTA_FILE, flags, 0o600, dir_fd=root_fd)
         except FileNotFoundError:
-            return False
+            return None
         try:
             fcntl.flock(fd, fcntl.LOCK_EX)  # released by close
+            if callable(delta):
+                delta = delta()
             counts = _read_counts(fd)
             if counts is None:  # new, or damaged: count what is there
                 counts = self._tally(root_fd)
@@ -692,7 +762,7 @@ class DirectoryStorage(ConditionalBase):
             raise
         with suppress(OSError):  # the count is written: a failing close cannot undo it
             os.close(fd)
-        return True
+        return delta
 
     def _tally(self, root_fd: int) -> tuple[int, int]:
         """Count the session files and their payload bytes (for a new ledger)."""
@@ -988,9 +1058,9 @@ class _TempFile:
 
     def __init__(self, storage: DirectoryStorage, where: tuple[str, str], size: int) -> None:
         self.storage = storage
-        self.place, self.temp, self.fd = storage._prepare(where, size)
+        self.place, self.temp, self.fd, self.version = storage._prepare(where, size)
         self.committed = False
-        self.version = self.crc = self.length = 0
+        self.crc = self.length = 0
 
     def append(self, data: bytes) -> None:
         _write_all(self.fd, data)
@@ -1013,8 +1083,12 @@ class _TempFile:
         _write_all(self.fd, self._header(expires_at))
 
     def _header(self, expires_at: float) -> bytes:
-        self.version = _new_version()
         return _HEADER.pack(_MAGIC, _FORMAT, expires_at, self.version, self.length, self.crc)
+
+    def _delta(self) -> tuple[int, int]:
+        """What replacing the session's file with this one changes in the ledger."""
+        old = _file_size(self.place.leaf, self.place.name)
+        return (1, self.length) if old is None else (0, self.length - _payload_size(old))
 
     def commit(self, expect: int | None, now: float) -> int | None:
         """Make the file the session's, if its live version is *expect* (`_ANY`: always).
@@ -1030,10 +1104,8 @@ class _TempFile:
         with _locked(leaf):
             if expect != _ANY and _live_version(leaf, name, now, expect is None) != expect:
                 return None
-            old = _file_size(leaf, name)
-            delta = (1, self.length) if old is None else (0, self.length - _payload_size(old))
             rename = lambda: os.replace(temp, name, src_dir_fd=leaf, dst_dir_fd=leaf)  # noqa: E731
-            storage._counted(place.root, delta, rename)
+            storage._counted(place.root, self._delta, rename)
             self.committed = True  # from here on, a failure cannot bring the old value back
         if storage._fsync:
             os.fsync(leaf)
