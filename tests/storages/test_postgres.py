@@ -709,6 +709,20 @@ async def test_purge_from_the_command_line(dsn: str) -> None:
         assert b"no_such_table" in missing.stderr
 
 
+async def test_runs_in_the_callers_nursery_and_refuses_operations_outside(dsn: str) -> None:
+    storage = PostgresStorage(dsn)  # checks its arguments, connects nowhere yet
+    with pytest.raises(RuntimeError, match=r"nursery\.start\(storage\.run\)"):
+        await storage.read_bytes("a")
+    with trio.fail_after(20):
+        async with trio.open_nursery() as nursery:
+            await nursery.start(storage.run)
+            await storage.write_bytes("a", b"in your nursery")
+            assert await storage.read_bytes("a") == b"in your nursery"
+            await storage.aclose()
+    with pytest.raises(trio.ClosedResourceError):
+        await storage.read_bytes("a")
+
+
 async def test_operations_after_the_block_are_refused(dsn: str) -> None:
     with trio.fail_after(20):
         async with open_postgres_storage(dsn) as storage:

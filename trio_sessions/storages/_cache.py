@@ -42,8 +42,7 @@ from __future__ import annotations
 
 import math
 from collections import OrderedDict
-from collections.abc import AsyncIterator, Awaitable, Callable
-from contextlib import asynccontextmanager
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import TypeVar, final
 
@@ -51,9 +50,10 @@ import trio
 from trio.lowlevel import cancel_shielded_checkpoint, checkpoint
 
 from .._abc import ConditionalStorage, Consumer, Provider, SessionStorage, Versioned, conditional
-from .._base import check_ttl, collapsed_errors
+from .._base import check_ttl
 from .._errors import SessionNotFound, SessionTooLarge, StorageError, WriteConflict
 from .._ids import check_session_id
+from .._running import opener
 from .._streams import ReadStream
 
 __all__ = ["CacheStorage", "CacheStorageStatistics", "open_cache_storage"]
@@ -864,38 +864,17 @@ class _Prefixed(trio.abc.ReceiveStream):
         await self._inner.aclose()
 
 
-@asynccontextmanager
-async def open_cache_storage(
-    delegate: SessionStorage,
-    *,
-    idle_timeout: float = 60.0,
-    max_entries: int = 10_000,
-    max_bytes: int = _MAX_BYTES,
-    clock: Callable[[], float] = trio.current_time,
-) -> AsyncIterator[CacheStorage]:
-    """Open a `CacheStorage` over *delegate*, with its background work in a nursery.
+open_cache_storage = opener(
+    CacheStorage,
+    "open_cache_storage",
+    """Open a `CacheStorage` over *delegate* with the arguments given, its background
+    work running in a nursery of its own for the block.
 
     ::
 
         async with MemoryStorage() as delegate, open_cache_storage(delegate) as cache:
             await cache.write_bytes(session_id, data)
 
-    The arguments are those of `CacheStorage`. Leaving the block closes the cache, not
-    the delegate.
-    """
-    cache = CacheStorage(
-        delegate,
-        idle_timeout=idle_timeout,
-        max_entries=max_entries,
-        max_bytes=max_bytes,
-        clock=clock,
-    )
-    # The cache's own task does not fail, so a group holds the block's one exception.
-    with collapsed_errors():
-        async with trio.open_nursery() as nursery:
-            await nursery.start(cache.run)
-            try:
-                yield cache
-            finally:
-                with trio.CancelScope(shield=True):
-                    await cache.aclose()
+    Leaving the block closes the cache, not the delegate.
+    """,
+)

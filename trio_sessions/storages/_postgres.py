@@ -31,8 +31,7 @@ import random
 import re
 import struct
 import time
-from collections.abc import AsyncIterator, Callable
-from contextlib import asynccontextmanager
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, final
 
@@ -41,6 +40,7 @@ import trio
 from .._abc import DEFAULT_MAX_SIZE, PurgeResult
 from .._base import ConditionalBase, collapsed_errors
 from .._errors import StorageError
+from .._running import opener
 
 if TYPE_CHECKING:
     from ._pq import Pool, Statement
@@ -132,58 +132,80 @@ def _new_version() -> int:
     return _random.getrandbits(63) or 1  # never reused in practice: 2**63 values
 
 
-@dataclass(frozen=True, slots=True, kw_only=True)
-class _Options:
-    """What `open_postgres_storage` was given (its signature holds the defaults), checked."""
-
-    dsn: str
-    table: str
-    max_size: int
-    max_connections: int
-    min_connections: int
-    max_idle: float
-    create_table: bool
-    wall_clock: Callable[[], float]
-
-    def __post_init__(self) -> None:
-        _split_table(self.table)
-        if not isinstance(self.dsn, str):
-            raise TypeError(f"dsn must be a str, not {type(self.dsn).__name__}")
-        for name, least in (("max_connections", 1), ("min_connections", 0)):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int):
-                raise TypeError(f"{name} must be an int")
-            if value < least:
-                raise ValueError(f"{name} must be at least {least} (got {value})")
-        if self.min_connections > self.max_connections:
-            raise ValueError("min_connections must not exceed max_connections")
-        if not (isinstance(self.max_idle, int | float) and 0 < self.max_idle < math.inf):
-            raise ValueError(
-                f"max_idle must be a positive number of seconds (got {self.max_idle!r})"
-            )
-
-
 @final
 class PostgresStorage(ConditionalBase):
     """Sessions in a PostgreSQL table, with conditional writes.
 
-    Made by `open_postgres_storage`, which runs its connection pool in a nursery of its own.
+    Open one with `open_postgres_storage` (same arguments), or start it in a nursery
+    you have, where its connection pool then runs::
+
+        storage = PostgresStorage(dsn)
+        await nursery.start(storage.run)  # connected, table ready
+        ...
+        await storage.aclose()
+
+    :param dsn: a libpq connection string, URL (``postgresql://user@host/db?sslmode=...``)
+        or ``key=value`` form. Every libpq option applies: TLS (``sslmode``,
+        ``sslrootcert``, ...), several hosts and ``target_session_attrs``,
+        ``connect_timeout``, ``application_name``, and server settings through
+        ``options`` (``options=-c statement_timeout=5s`` bounds every statement on
+        the server). The ``PG*`` environment variables and ``.pgpass`` work as in psql.
+    :param table: the sessions table, optionally schema-qualified (``"app.sessions"``).
+    :param max_size: the largest session payload, in bytes.
+    :param max_connections: the most connections open at once; more concurrent
+        operations wait for one in arrival order.
+    :param min_connections: connections kept open while idle (re-opened after a loss).
+    :param max_idle: seconds after which an unused connection beyond
+        *min_connections* is closed.
+    :param create_table: create the table and its index if missing (see
+        `PostgresStorage.schema_sql`),
+        and add the ``version`` column to a table made by an older version; with
+        ``False`` the table must exist with that column.
+    :param wall_clock: seconds since the epoch, for expiry times (`time.time`).
+
+    A server that cannot be reached when opening raises `StorageError`. One lost
+    later makes the operations that need it raise `StorageError` until it returns;
+    the storage reconnects by itself. Requires the ``postgres`` extra (psycopg).
+
+    Operations before `run` has started raise `RuntimeError`.
     """
 
-    def __init__(self, options: _Options) -> None:
-        super().__init__(max_size=options.max_size)
+    def __init__(
+        self,
+        dsn: str,
+        *,
+        table: str = "trio_sessions",
+        max_size: int = DEFAULT_MAX_SIZE,
+        max_connections: int = 10,
+        min_connections: int = 1,
+        max_idle: float = 60.0,
+        create_table: bool = True,
+        wall_clock: Callable[[], float] = time.time,
+    ) -> None:
+        super().__init__(max_size=max_size)
+        if not isinstance(dsn, str):
+            raise TypeError(f"dsn must be a str, not {type(dsn).__name__}")
+        self._quoted, _ = _split_table(table)
+        for name, value, least in (
+            ("max_connections", max_connections, 1),
+            ("min_connections", min_connections, 0),
+        ):
+            if isinstance(value, bool) or not isinstance(value, int):
+                raise TypeError(f"{name} must be an int")
+            if value < least:
+                raise ValueError(f"{name} must be at least {least} (got {value})")
+        if min_connections > max_connections:
+            raise ValueError("min_connections must not exceed max_connections")
+        if not (isinstance(max_idle, int | float) and 0 < max_idle < math.inf):
+            raise ValueError(f"max_idle must be a positive number of seconds (got {max_idle!r})")
         from . import _pq  # psycopg: the 'postgres' extra
 
-        _pq.parse(options.dsn)  # a malformed string fails here, not at the first connection
-        self._table = options.table
-        self._quoted, _ = _split_table(options.table)
-        self._create_table = options.create_table
-        self._wall_clock = options.wall_clock
+        _pq.parse(dsn)  # a malformed string fails here, not at the first connection
+        self._table = table
+        self._create_table = create_table
+        self._wall_clock = wall_clock
         self._pool: Pool = _pq.Pool(
-            options.dsn,
-            max_size=options.max_connections,
-            min_size=options.min_connections,
-            max_idle=float(options.max_idle),
+            dsn, max_size=max_connections, min_size=min_connections, max_idle=float(max_idle)
         )
         self._scope: trio.CancelScope | None = None
         self._started = False
@@ -354,7 +376,10 @@ class PostgresStorage(ConditionalBase):
 
     def _check_running(self) -> None:
         if not self._started and not self._closed:
-            raise RuntimeError("PostgresStorage is not running: use open_postgres_storage()")
+            raise RuntimeError(
+                "PostgresStorage is not running: open it with open_postgres_storage(),"
+                " or start it with await nursery.start(storage.run)"
+            )
         if self._closed:
             raise trio.ClosedResourceError(f"{type(self).__name__} is closed")
 
@@ -387,60 +412,17 @@ class PostgresStorage(ConditionalBase):
         await self._pool.execute((lock + ddl).encode())
 
 
-@asynccontextmanager
-async def open_postgres_storage(
-    dsn: str,
-    *,
-    table: str = "trio_sessions",
-    max_size: int = DEFAULT_MAX_SIZE,
-    max_connections: int = 10,
-    min_connections: int = 1,
-    max_idle: float = 60.0,
-    create_table: bool = True,
-    wall_clock: Callable[[], float] = time.time,
-) -> AsyncIterator[PostgresStorage]:
-    """Open a `PostgresStorage` on the database at *dsn*; close it when the block exits.
+open_postgres_storage = opener(
+    PostgresStorage,
+    "open_postgres_storage",
+    """Open a `PostgresStorage` with the arguments given, its connection pool running in
+    a nursery of its own: connected and with its table ready when the block starts,
+    closed when it exits. Bad arguments raise before any connection is tried; a server
+    that cannot be reached raises `StorageError` on entry.
 
-    :param dsn: a libpq connection string, URL (``postgresql://user@host/db?sslmode=...``)
-        or ``key=value`` form. Every libpq option applies: TLS (``sslmode``,
-        ``sslrootcert``, ...), several hosts and ``target_session_attrs``,
-        ``connect_timeout``, ``application_name``, and server settings through
-        ``options`` (``options=-c statement_timeout=5s`` bounds every statement on
-        the server). The ``PG*`` environment variables and ``.pgpass`` work as in psql.
-    :param table: the sessions table, optionally schema-qualified (``"app.sessions"``).
-    :param max_size: the largest session payload, in bytes.
-    :param max_connections: the most connections open at once; more concurrent
-        operations wait for one in arrival order.
-    :param min_connections: connections kept open while idle (re-opened after a loss).
-    :param max_idle: seconds after which an unused connection beyond
-        *min_connections* is closed.
-    :param create_table: create the table and its index if missing (see
-        `PostgresStorage.schema_sql`),
-        and add the ``version`` column to a table made by an older version; with
-        ``False`` the table must exist with that column.
-    :param wall_clock: seconds since the epoch, for expiry times (`time.time`).
+    ::
 
-    A server that cannot be reached when opening raises `StorageError`. One lost
-    later makes the operations that need it raise `StorageError` until it returns;
-    the storage reconnects by itself. Requires the ``postgres`` extra (psycopg).
-    """
-    options = _Options(
-        dsn=dsn,
-        table=table,
-        max_size=max_size,
-        max_connections=max_connections,
-        min_connections=min_connections,
-        max_idle=max_idle,
-        create_table=create_table,
-        wall_clock=wall_clock,
-    )
-    storage = PostgresStorage(options)
-    # The storage's own task fails only while opening, so a group holds one error.
-    with collapsed_errors():
-        async with trio.open_nursery() as nursery:
-            await nursery.start(storage.run)
-            try:
-                yield storage
-            finally:
-                with trio.CancelScope(shield=True):
-                    await storage.aclose()
+        async with open_postgres_storage("postgresql://app@db.internal/app") as storage:
+            ...
+    """,
+)
