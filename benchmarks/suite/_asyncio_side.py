@@ -6,7 +6,8 @@ its argument and prints ``{"tasks": [ops/s per repeat], ...}`` as JSON.
 
 * ``starsessions-redis``: starsessions' RedisStore (redis-py) on a private server;
 * ``asyncpg``: the two SQL statements PostgresStorage runs, through an asyncpg pool of
-  the same size (``pool`` connections at most, ``min_pool`` kept open).
+  the same size (``pool`` connections at most, ``min_pool`` kept open), on the table
+  PostgresStorage makes (``schema``: the SQL that makes it, if it may not exist yet).
 
 With ``warmup``, each task count runs once unmeasured before the repeats (connections
 made, statements prepared), as the trio side warms up.
@@ -101,6 +102,8 @@ async def _run(job: dict[str, Any]) -> dict[str, list[float]]:
             max_size=job.get("pool", 10),
             reset=no_reset,
         )
+        if "schema" in job:
+            await pool.execute(job["schema"])
 
         def digest(session_id: str) -> bytes:
             return hashlib.sha256(session_id.encode()).digest()

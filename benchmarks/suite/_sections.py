@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
 import functools
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import AsyncExitStack
 from dataclasses import replace
+from typing import Any
 
 import trio
 
@@ -29,6 +31,8 @@ from ._suite import (
 
 #: The peer libraries measured beside the directory storage.
 FILE_PEERS = ("cachelib", "diskcache")
+#: The table both PostgreSQL candidates write.
+TABLE = "bench_sessions"
 
 
 def _with_peers(group: str, peers: Sequence[str]) -> str:
@@ -135,18 +139,40 @@ def _postgres(suite: Suite) -> None:
     async def prepare(ops: Ops, x: object) -> None:
         await fill(ops, ids, data)
 
-    entries: list[Entry] = [(functools.partial(t.postgres_storage, dsn, "bench_sessions"), ASYNCPG)]
-    suite.run_curve("pairs", "postgres", entries, [None], prepare, suite.throughput(ids, data))
+    entries: list[Entry] = [(functools.partial(t.postgres_storage, dsn, TABLE), ASYNCPG)]
+    job = {"ids": suite.plan.ids, "tasks": [1]}
+    with _asyncpg_around(suite, "pairs", job):
+        suite.run_curve("pairs", "postgres", entries, [None], prepare, suite.throughput(ids, data))
+
+
+@contextlib.contextmanager
+def _asyncpg_around(suite: Suite, section: str, job: dict[str, Any]) -> Iterator[None]:
+    """asyncpg on asyncio measured in two halves of its repeats, before and after ours
+    (the body): it runs in a process of its own, so it cannot take turns with ours
+    within each repeat, but a change in the machine's load then weighs on both."""
+    dsn = suite.servers.dsn
+    assert dsn is not None
+    from trio_sessions import PostgresStorage
+
     job = {
         "kind": "asyncpg",
         "dsn": dsn,
-        "table": "bench_sessions",
+        "table": TABLE,
+        "schema": PostgresStorage.schema_sql(TABLE),
         "size": KIB,
-        "ids": suite.plan.ids,
-        "tasks": [1],
         "warmup": True,
+        **job,
     }
-    suite.asyncio_peer("pairs", "postgres", ASYNCPG, job, None, role="baseline")
+    first = (suite.plan.repeats + 1) // 2
+
+    def measure(repeats: int) -> None:
+        if repeats:
+            half = {**job, "repeats": repeats}
+            suite.asyncio_peer(section, "postgres", ASYNCPG, half, None, role="baseline")
+
+    measure(first)
+    yield
+    measure(suite.plan.repeats - first)
 
 
 def sessions(suite: Suite) -> list[Step]:
@@ -285,22 +311,15 @@ def _postgres_tasks(suite: Suite) -> None:
             ops, ids, data, tasks=tasks, seconds=plan.seconds, max_ops=plan.max_ops
         )
 
-    entries: list[Entry] = [
-        (functools.partial(t.postgres_storage, dsn, "bench_sessions", pool), ASYNCPG)
-    ]
-    suite.run_curve("concurrency", "postgres", entries, plan.concurrency, prepare, measure)
+    entries: list[Entry] = [(functools.partial(t.postgres_storage, dsn, TABLE, pool), ASYNCPG)]
     job = {
-        "kind": "asyncpg",
-        "dsn": dsn,
-        "table": "bench_sessions",
-        "size": KIB,
         "ids": plan.concurrency_ids,
         "tasks": list(plan.concurrency),
         "pool": pool,
         "min_pool": pool,
-        "warmup": True,
     }
-    suite.asyncio_peer("concurrency", "postgres", ASYNCPG, job, None, role="baseline")
+    with _asyncpg_around(suite, "concurrency", job):
+        suite.run_curve("concurrency", "postgres", entries, plan.concurrency, prepare, measure)
 
 
 def footprint(suite: Suite) -> list[Step]:
@@ -383,7 +402,7 @@ def lateness_under_load(suite: Suite) -> list[Step]:
     ]
     if suite.servers.dsn is not None:
         dsn = suite.servers.dsn
-        groups.append(("postgres", [(lambda: t.postgres_storage(dsn, "bench_sessions"), None)]))
+        groups.append(("postgres", [(lambda: t.postgres_storage(dsn, TABLE), None)]))
 
     def measure(group: str, entries: Sequence[Entry]) -> None:
         made = suite.make("lateness", entries)
