@@ -276,7 +276,7 @@ async def test_a_storage_over_the_callers_client(redis_single: RedisServer) -> N
             RedisStorage(decoding)
 
     with pytest.raises(TypeError, match="GlideClient"):
-        RedisStorage(object())
+        RedisStorage(object())  # type: ignore[arg-type]
     with pytest.raises(TypeError, match="prefix"):
         RedisStorage(client, prefix=b"bytes")  # type: ignore[arg-type]
 

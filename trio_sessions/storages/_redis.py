@@ -32,7 +32,7 @@ import math
 import secrets
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager, suppress
-from typing import Any, final
+from typing import TYPE_CHECKING, Any, final
 
 import trio
 
@@ -49,6 +49,9 @@ from ._redis_drivers import (
     connect,
     driver_for,
 )
+
+if TYPE_CHECKING:
+    from ._redis_drivers import RedisClient
 
 __all__ = ["RedisStorage", "RedisStorageStatistics", "open_redis_storage"]
 
@@ -185,7 +188,7 @@ class RedisStorage(ConditionalBase):
 
     def __init__(
         self,
-        client: object,
+        client: RedisClient,
         *,
         prefix: str = "trio-sessions:",
         max_size: int = DEFAULT_MAX_SIZE,

@@ -28,8 +28,18 @@ from .._base import collapse_group
 from .._errors import StorageError
 
 if TYPE_CHECKING:
+    from typing import TypeAlias
+
     import coredis
     import glide
+
+    #: What `RedisStorage` takes: a client of either library (single server or Cluster).
+    RedisClient: TypeAlias = (
+        glide.GlideClient
+        | glide.GlideClusterClient
+        | coredis.Redis[bytes]
+        | coredis.RedisCluster[bytes]
+    )
 
 __all__ = [
     "DRIVERS",
@@ -495,7 +505,7 @@ class CoredisDriver(_Driver):
 
 
 def driver_for(
-    client: object, *, pipeline: bool = True, max_batch: int = DEFAULT_MAX_BATCH
+    client: RedisClient, *, pipeline: bool = True, max_batch: int = DEFAULT_MAX_BATCH
 ) -> Driver:
     """The driver for *client*, from its type; `TypeError` for anything else.
 
