@@ -131,6 +131,7 @@ class Suite:
         self, stack: AsyncExitStack, section: str, made: Sequence[tuple[Target, str | None]]
     ) -> list[tuple[Target, str | None, Ops]]:
         """Open every candidate on *stack*; one that fails to open is recorded as skipped."""
+        await trio.lowlevel.checkpoint()
         opened = []
         for target, baseline in made:
             try:
