@@ -268,6 +268,20 @@ async def test_the_same_key_last_writer_wins() -> None:
     assert (await manager.load(cookie))["cart"] == ["pear"]
 
 
+async def test_setting_what_was_loaded_overwrites_no_concurrent_change() -> None:
+    # b sets "cart" to a value that serializes as the one it loaded (a tuple for a list):
+    # it stores nothing new, so a's concurrent change of that key stays.
+    manager = make()
+    cookie = await login(manager, cart=["apple"])
+    a = await manager.load(cookie)
+    b = await manager.load(cookie)
+    a["cart"] = ["pear"]
+    b["cart"] = ("apple",)
+    await manager.save(a)
+    await manager.save(b)
+    assert dict(await manager.load(cookie)) == {"user": "alice", "cart": ["pear"]}
+
+
 async def test_a_rotation_keeps_changes_saved_meanwhile() -> None:
     manager = make()
     cookie = await login(manager)

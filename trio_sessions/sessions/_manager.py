@@ -478,14 +478,14 @@ class SessionManager:
             if await self._rotate(session, now):
                 return self._set_cookie(session, now)
             return None
-        changes = self._changes(session)
-        if changes is None:
+        pending = self._pending(session)
+        if pending is None:
             if session._stale:
                 await self._refresh(session, now)
             else:
                 await checkpoint()
             return None
-        if await self._merge(session, changes, now) and session._lifetime_request is not None:
+        if await self._merge(session, *pending, now) and session._lifetime_request is not None:
             return self._set_cookie(session, now)
         return None
 
@@ -535,22 +535,34 @@ class SessionManager:
             "store a reference in the session"
         )
 
-    def _changes(self, session: Session) -> dict[str, Any] | None:
-        """The keys this request set (value) or deleted (`_DELETED`); ``None``: none."""
+    def _pending(self, session: Session) -> tuple[dict[str, Any], bytes] | None:
+        """The data this request leaves and their payload; ``None`` if nothing is to save."""
         if not (session._accessed or session._modified):
             return None
-        current = dict(dict.items(session))
-        payload = self._dumps(current)
+        data = dict(dict.items(session))
+        payload = self._dumps(data)
+        if payload == session._payload and not (
+            session._modified or session._lifetime_request is not None
+        ):
+            return None
+        return data, payload
+
+    def _changes(self, session: Session, data: dict[str, Any], payload: bytes) -> dict[str, Any]:
+        """The keys this request set (value) or deleted (`_DELETED`) to leave *data*.
+
+        Against what it loaded (none if *payload*, the serialized *data*, is what it
+        loaded); needed only when the stored session changed meanwhile.
+        """
         if payload == session._payload:
-            return {} if session._modified or session._lifetime_request is not None else None
+            return {}
         try:
             original = self.serializer.loads(session._payload or b"{}")
         except Exception:
             original = {}
         changes = {
-            key: value for key, value in current.items() if original.get(key, _DELETED) != value
+            key: value for key, value in data.items() if original.get(key, _DELETED) != value
         }
-        changes.update((key, _DELETED) for key in original.keys() - current.keys())
+        changes.update((key, _DELETED) for key in original.keys() - data.keys())
         return changes
 
     def _apply(self, base: dict[str, Any], changes: dict[str, Any]) -> dict[str, Any]:
@@ -601,14 +613,19 @@ class SessionManager:
         except SessionTooLarge as exc:
             raise self._too_large(len(raw)) from exc
 
-    async def _merge(self, session: Session, changes: dict[str, Any], now: float) -> bool:
-        """Write this request's changes onto the latest stored state; whether it was stored."""
+    async def _merge(
+        self, session: Session, data: dict[str, Any], payload: bytes, now: float
+    ) -> bool:
+        """Write this request's changes onto the latest stored state; whether it was stored.
+
+        *data* is what the request leaves in the session, *payload* its serialization.
+        """
         session_id = session._id
         version = session._version
         created_at = session._created_at
         deadline = self._deadline(session)
-        data = dict(dict.items(session))
-        payload = self._dumps(data)
+        changes: dict[str, Any] | None = None  # worked out at the first conflict
+        mine = data, payload
         for _ in range(_ATTEMPTS):
             raw = self._record(created_at, session._now, deadline, payload)
             ttl = self._ttl(created_at, session._now, deadline, now)
@@ -622,6 +639,8 @@ class SessionManager:
                 if latest is None:
                     return self._dropped(session, "it was logged out or rotated meanwhile")
                 version, created_at = latest.version, latest.created_at
+                if changes is None:
+                    changes = self._changes(session, *mine)
                 data, payload, deadline = self._rebase(session, latest, changes, deadline)
                 continue
             self._settle(session, session_id, data, payload, version, created_at, deadline)
@@ -675,10 +694,11 @@ class SessionManager:
         assert old_id is not None
         assert old_version is not None
         new_id = session._id
-        changes = self._changes(session) or {}
         deadline = self._deadline(session)
         data = dict(dict.items(session))
         payload = self._dumps(data)
+        changes: dict[str, Any] | None = None  # worked out at the first conflict
+        mine = data, payload
         new_version: int | None = None
         try:
             for _ in range(_ATTEMPTS):
@@ -706,6 +726,8 @@ class SessionManager:
                         new_version = None
                         return self._dropped(session, "it was logged out or rotated meanwhile")
                     old_version = latest.version
+                    if changes is None:
+                        changes = self._changes(session, *mine)
                     data, payload, deadline = self._rebase(session, latest, changes, deadline)
                     continue
                 created_at = session._created_at
