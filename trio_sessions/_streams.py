@@ -10,8 +10,15 @@ A consumer reads from a `ReadStream`: the first chunk the backend produced, then
 value that did not fit one chunk, whatever a supervised source task sends through a
 bounded memory channel.
 
-Both streams keep the `trio.abc` contracts: every call is a checkpoint, concurrent use
-raises `trio.BusyResourceError`, use after `aclose` raises `trio.ClosedResourceError`.
+Both streams keep the `trio.abc` contracts: concurrent use raises
+`trio.BusyResourceError`, use after `aclose` raises `trio.ClosedResourceError`, and every
+call is a checkpoint, with one exception that trio itself makes: a `ReadStream` over a
+value held in memory reports its end the first time with a cancellation check only, as
+`trio.MemoryReceiveChannel.receive` does at the end of a closed channel (a later call
+there is a full checkpoint again). The read that the stream belongs to offers the schedule
+point, so a consumer that reads a value to its end costs one schedule point, as
+``read_bytes`` does. The owner of a stream learns from ``yielded`` whether a call offered
+a schedule point, and offers one itself if none did.
 """
 
 from __future__ import annotations
@@ -108,8 +115,9 @@ class WriteStream(trio.abc.SendStream):
     ) -> None:
         self._max_size = max_size
         # Without a channel (given, or made on demand by *spill*), the value is buffered.
-        has_channel = spill is not None or channel is not None
-        self._chunk_size = chunk_size if has_channel else None
+        if chunk_size is not None and spill is None and channel is None:
+            chunk_size = None
+        self._chunk_size = chunk_size
         self._spill = spill
         self._channel = channel
         self._parts: list[bytes] = []
@@ -119,7 +127,7 @@ class WriteStream(trio.abc.SendStream):
         #: Set when the provider sent more than *max_size* bytes (even if it swallowed
         #: the `SessionTooLarge` it got).
         self.too_large = False
-        #: Set once a call on this stream went through a checkpoint.
+        #: Set once a call on this stream offered a schedule point.
         self.yielded = False
 
     async def send_all(self, data: bytes | bytearray | memoryview) -> None:
@@ -175,6 +183,7 @@ class WriteStream(trio.abc.SendStream):
     async def wait_send_all_might_not_block(self) -> None:
         if self._closed:
             raise trio.ClosedResourceError("the stream is closed")
+        self.yielded = True
         await checkpoint()
 
     async def aclose(self) -> None:
@@ -207,17 +216,18 @@ class WriteStream(trio.abc.SendStream):
 class ReadStream(trio.abc.ReceiveStream):
     """The `trio.abc.ReceiveStream` a consumer reads the session's value from."""
 
-    __slots__ = ("_busy", "_channel", "_closed", "_data", "_offset", "yielded")
+    __slots__ = ("_busy", "_channel", "_closed", "_data", "_ended", "_offset", "yielded")
 
     def __init__(
         self, data: bytes, channel: trio.MemoryReceiveChannel[bytes] | None = None
     ) -> None:
         self._data = data
         self._offset = 0
+        self._ended = False
         self._channel = channel
         self._closed = False
         self._busy = False
-        #: Set once a call on this stream went through a checkpoint.
+        #: Set once a call on this stream offered a schedule point.
         self.yielded = False
 
     async def receive_some(self, max_bytes: int | None = None) -> bytes:
@@ -229,10 +239,16 @@ class ReadStream(trio.abc.ReceiveStream):
             raise trio.BusyResourceError("another task is already receiving on this stream")
         if self._closed:
             raise trio.ClosedResourceError("the stream is closed")
-        self.yielded = True
-        self._busy = True
+        data, start = self._data, self._offset
+        if start == len(data) and self._channel is None and not self._ended:
+            # The end of the value, reported the first time: a cancellation point only,
+            # as `trio.MemoryReceiveChannel.receive` at the end of a closed channel. The
+            # read this stream belongs to offers the schedule point.
+            await checkpoint_if_cancelled()
+            self._ended = True
+            return b""
+        self.yielded = self._busy = True
         try:
-            data, start = self._data, self._offset
             if start < len(data) or self._channel is None:
                 # Served from what is here: nothing is taken unless this call returns.
                 await checkpoint_if_cancelled()
@@ -248,10 +264,12 @@ class ReadStream(trio.abc.ReceiveStream):
             try:
                 data = await self._channel.receive()
             except trio.EndOfChannel:
-                # A closed channel raises without a schedule point; keep the promise.
+                # A closed channel raises without a schedule point: offer one here, as
+                # trio's streams do at their end (check_one_way_stream asks for it).
                 await cancel_shielded_checkpoint()
                 data = b""
                 self._channel = None
+                self._ended = True
             self._data = data
             if max_bytes is None or max_bytes >= len(data):
                 self._offset = len(data)

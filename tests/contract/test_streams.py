@@ -11,6 +11,7 @@ import trio
 import trio.testing
 
 from tests.dict_storage import DictStorage
+from tests.schedule_points import counting
 from trio_sessions import MemoryStorage, SessionNotFound, SessionStorage, SessionTooLarge
 from trio_sessions._streams import ReadStream, WriteStream
 
@@ -80,6 +81,40 @@ async def test_every_stream_call_is_a_checkpoint() -> None:
     ):
         with trio.testing.assert_checkpoints():
             await call()
+
+
+async def test_the_end_of_a_value_in_memory_is_a_cancellation_point_then_a_checkpoint() -> None:
+    """As `trio.MemoryReceiveChannel.receive` at the end of a closed channel, the first
+    report of the end checks for cancellation without a schedule point (the read that
+    owns the stream offers one); every later call is a full checkpoint again, so a loop
+    that keeps reading after the end still lets other tasks run."""
+    for value in (b"abc", b""):
+        stream = ReadStream(value)
+        if value:
+            with trio.testing.assert_checkpoints():
+                assert await stream.receive_some() == value
+        with trio.CancelScope() as scope:
+            scope.cancel()
+            await stream.receive_some()  # the end: still a cancellation point
+        assert scope.cancelled_caught
+        with counting() as counts:
+            assert await stream.receive_some() == b""
+        assert counts.schedule_points == 0
+        assert stream.yielded == bool(value)  # the owner offers one if no call did
+        for _ in range(2):
+            with trio.testing.assert_checkpoints():
+                assert await stream.receive_some() == b""
+
+
+async def test_the_end_of_a_channel_stream_is_a_checkpoint() -> None:
+    send, receive = trio.open_memory_channel[bytes](1)
+    stream = ReadStream(b"", receive)
+    await send.send(b"x")
+    send.close()
+    assert await stream.receive_some() == b"x"
+    for _ in range(2):
+        with trio.testing.assert_checkpoints():
+            assert await stream.receive_some() == b""
 
 
 # ------------------------------------------------- what providers and consumers get wrong

@@ -19,9 +19,10 @@ import trio.testing
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from trio_sessions import MemoryStorage, SessionNotFound, WriteConflict
+from tests.schedule_points import counting
+from trio_sessions import MemoryStorage, SessionNotFound, SessionTooLarge, WriteConflict
 from trio_sessions.storages._memory import DEFAULT_MAX_BYTES, DEFAULT_MAX_ENTRIES
-from trio_sessions.testing import ManualClock
+from trio_sessions.testing import ManualClock, read_all
 
 
 async def read_or_none(storage: MemoryStorage, session_id: str) -> bytes | None:
@@ -536,6 +537,116 @@ async def test_a_write_finishing_after_close_stores_nothing() -> None:
             nursery.start_soon(close)
             await storage.write("sid", slow)
     assert len(storage) == 0
+
+
+# --------------------------------------------------- streams in the caller's task
+
+PAYLOAD = bytes(range(256)) * 4
+
+
+async def _send_once(stream: trio.abc.SendStream) -> None:
+    await stream.send_all(PAYLOAD)
+
+
+async def _send_nothing(stream: trio.abc.SendStream) -> None:
+    pass
+
+
+async def _read_nothing(stream: trio.abc.ReceiveStream) -> bytes:
+    return b""
+
+
+async def test_a_streaming_call_costs_the_scheduler_what_its_bytes_twin_costs() -> None:
+    """The provider and the consumer run in the caller's task, on streams over bytes:
+    no task, and one schedule point per operation, as write_bytes and read_bytes."""
+    storage = MemoryStorage()
+    await storage.write_bytes("sid", PAYLOAD)
+    await storage.write_bytes("empty", b"")
+    calls: dict[str, Callable[[], Awaitable[object]]] = {
+        "write_bytes": lambda: storage.write_bytes("sid", PAYLOAD),
+        "write, one send_all": lambda: storage.write("sid", _send_once),
+        "write, no send_all": lambda: storage.write("other", _send_nothing),
+        "read_bytes": lambda: storage.read_bytes("sid"),
+        "read to the end": lambda: storage.read("sid", read_all),
+        "read to the end of an empty value": lambda: storage.read("empty", read_all),
+        "read, no receive_some": lambda: storage.read("sid", _read_nothing),
+    }
+    for name, call in calls.items():
+        with counting() as counts:
+            await call()
+        assert (counts.schedule_points, counts.tasks_spawned) == (1, 0), name
+    assert await storage.read_bytes("sid") == PAYLOAD
+    assert await storage.read_bytes("other") == b""
+
+
+@pytest.mark.parametrize("at", range(5))
+async def test_a_streaming_write_cancelled_at_any_stream_call_keeps_the_old_value(
+    at: int,
+) -> None:
+    """Cancelled just before its provider's call number *at* (three sends, then aclose),
+    the write raises Cancelled and stores nothing; cancelled after its last call, it has
+    completed."""
+    storage = MemoryStorage()
+    await storage.write_bytes("sid", b"old")
+    with trio.CancelScope() as scope:
+
+        async def provider(stream: trio.abc.SendStream) -> None:
+            for n, piece in enumerate([b"n1", b"n2", b"n3", None]):
+                if n == at:
+                    scope.cancel()
+                if piece is None:
+                    await stream.aclose()
+                else:
+                    await stream.send_all(piece)
+            if at == 4:
+                scope.cancel()
+
+        await storage.write("sid", provider)
+    assert scope.cancelled_caught == (at < 4)
+    assert await storage.read_bytes("sid") == (b"old" if at < 4 else b"n1n2n3")
+
+
+@pytest.mark.parametrize("at", range(4))
+async def test_a_streaming_read_cancelled_at_any_stream_call_raises_cancelled(at: int) -> None:
+    """Every call the consumer makes checks for cancellation, the one that reports the
+    end (call 3) too; the stored value stays as it was."""
+    storage = MemoryStorage()
+    version = await storage.write_bytes_if("sid", b"abcdef", version=None)
+    calls = 0
+    with trio.CancelScope() as scope:
+
+        async def consumer(stream: trio.abc.ReceiveStream) -> bytes:
+            nonlocal calls
+            data = b""
+            while True:
+                if calls == at:
+                    scope.cancel()
+                calls += 1
+                if not (chunk := await stream.receive_some(2)):
+                    return data
+                data += chunk
+
+        await storage.read("sid", consumer)
+    assert scope.cancelled_caught
+    assert calls == at + 1
+    found = await storage.read_versioned("sid")
+    assert (found.data, found.version) == (b"abcdef", version)
+
+
+async def test_a_streaming_write_over_max_size_fails_at_the_send_that_crosses_it() -> None:
+    storage = MemoryStorage(max_size=10)
+    await storage.write_bytes("sid", b"old")
+    sent = []
+
+    async def provider(stream: trio.abc.SendStream) -> None:
+        for piece in (b"12345", b"678901", b"never"):
+            await stream.send_all(piece)
+            sent.append(piece)
+
+    with pytest.raises(SessionTooLarge):
+        await storage.write("sid", provider)
+    assert sent == [b"12345"]
+    assert await storage.read_bytes("sid") == b"old"
 
 
 # ------------------------------------------------------------------ statistics
