@@ -7,9 +7,11 @@ run (CPU time of this process, so that other processes on a busy machine count l
   with two ``trio.lowlevel.checkpoint()`` calls, what any async API over a dict costs at
   least (goal <= 1.15x);
 * ``stream pair``: ``write`` (one ``send_all``) + ``read`` (a consumer reading to EOF) of
-  the same payload vs the bytes pair (goal <= 1.4x). Three stream calls are three
-  checkpoints where the bytes pair has two, so the run also measures ``bytes pair + 1
-  checkpoint``, the floor that the stream pair cannot go below;
+  the same payload vs the bytes pair (goal <= 1.4x). Both pairs offer two schedule points
+  (the consumer's second call, which reports the end, only checks for cancellation), so
+  what the stream pair adds is Python: two stream objects, the provider's and the
+  consumer's frames and three calls on the streams, each a cancellation check. The run
+  also measures ``bytes pair + 1 checkpoint``: what one more schedule point would cost;
 * ``conditional pair``: ``read_versioned`` + ``write_bytes_if`` (what the session layer
   does), vs the bytes pair;
 * memory per stored 1 KiB session with a ttl (goal <= 1,300 B) and without, counted by
@@ -21,17 +23,23 @@ run (CPU time of this process, so that other processes on a busy machine count l
   (slow: tracemalloc counts every allocation).
 
 Candidates run in alternating order, in rounds of a fresh ``trio.run`` each; ratios are
-the medians of the ratios within each round.
+the medians of the ratios within each round. ``--code DIR`` measures the ``trio_sessions``
+of another checkout (say a ``git worktree`` of the commit before a change) in the same
+run: each round then runs in two child processes, one per checkout, in alternating order.
 
-Run: ``python -m benchmarks.memory [--iterations N] [--rounds R] [--flood]``
+Run: ``python -m benchmarks.memory [--iterations N] [--rounds R] [--code DIR] [--flood]``
 """
 
 from __future__ import annotations
 
 import argparse
 import gc
+import json
+import os
 import secrets
 import statistics
+import subprocess
+import sys
 import time
 import tracemalloc
 from collections.abc import Awaitable, Callable
@@ -41,7 +49,7 @@ from trio.lowlevel import checkpoint
 
 from trio_sessions import MemoryStorage
 
-from .suite._core import read_all, run_child
+from .suite._core import ROOT, read_all, run_child
 
 PAYLOAD = bytes(range(256)) * 4  # 1 KiB
 SESSION_ID = "benchmark-session-0123456789abcdef0123456789abc"
@@ -112,13 +120,43 @@ def measure(fn: Callable[[int], Awaitable[None]], n: int) -> float:
     return (time.process_time() - start) / n * 1e6
 
 
-def speed(iterations: int, rounds: int) -> None:
-    runs: dict[str, list[float]] = {name: [] for name in CASES}
+def one_round(iterations: int, reverse: bool) -> dict[str, float]:
+    """CPU microseconds per pair of every case, in alternating order."""
     names = list(CASES)
-    for round_ in range(rounds):
-        for name in names if round_ % 2 == 0 else reversed(names):
-            runs[name].append(measure(CASES[name], iterations))
+    return {
+        name: measure(CASES[name], iterations) for name in (reversed(names) if reverse else names)
+    }
 
+
+# A child that measures one round with the trio_sessions of another checkout: that
+# checkout comes first on the path while trio_sessions is imported, this one's benchmarks
+# after (a checkout passed as --code may hold no such benchmark, or an older one).
+_CHILD = """\
+import json, os, sys
+code, here, iterations, reverse = sys.argv[1:]
+sys.path[:0] = [code]
+import trio_sessions
+if not os.path.realpath(trio_sessions.__file__).startswith(os.path.realpath(code) + os.sep):
+    raise SystemExit(f"trio_sessions came from {trio_sessions.__file__}, not from {code}")
+sys.path[0] = here
+from benchmarks.memory import one_round
+print(json.dumps(one_round(int(iterations), reverse == "1")))
+"""
+
+
+def child_round(code: str, iterations: int, reverse: bool) -> dict[str, float]:
+    command = [sys.executable, "-c", _CHILD, code, str(ROOT), str(iterations), str(int(reverse))]
+    done = subprocess.run(
+        command, capture_output=True, text=True, timeout=600, check=False, cwd=code
+    )
+    if done.returncode != 0:
+        tail = done.stderr.strip().splitlines()[-1:] or ["no output"]
+        raise RuntimeError(f"a round with the trio_sessions of {code} failed: {tail[0]}")
+    figures: dict[str, float] = json.loads(done.stdout.strip().splitlines()[-1])
+    return figures
+
+
+def report(runs: dict[str, list[float]]) -> None:
     def ratio(a: str, b: str) -> float:
         return statistics.median(x / y for x, y in zip(runs[a], runs[b], strict=True))
 
@@ -130,12 +168,29 @@ def speed(iterations: int, rounds: int) -> None:
     rows = [
         ("bytes pair", "dict+2 checkpoints", "goal <= 1.15x"),
         ("stream pair", "bytes pair", "goal <= 1.4x"),
-        ("bytes pair+1 checkpoint", "bytes pair", "the floor of the line above"),
-        ("stream pair", "bytes pair+1 checkpoint", "the streams' own cost"),
+        ("bytes pair+1 checkpoint", "bytes pair", "one more schedule point"),
         ("conditional pair", "bytes pair", ""),
     ]
     for a, b, note in rows:
         print(f"{a + ' / ' + b:<52}{ratio(a, b):>6.2f}x  {note}")
+
+
+def speed(iterations: int, rounds: int, code: str | None = None) -> None:
+    checkouts = [str(ROOT)] if code is None else [str(ROOT), os.path.abspath(code)]
+    runs: dict[str, dict[str, list[float]]] = {c: {name: [] for name in CASES} for c in checkouts}
+    for round_ in range(rounds):
+        reverse = round_ % 2 == 1
+        for checkout in reversed(checkouts) if reverse else checkouts:
+            if code is None:
+                figures = one_round(iterations, reverse)
+            else:
+                figures = child_round(checkout, iterations, reverse)
+            for name, value in figures.items():
+                runs[checkout][name].append(value)
+    for n, checkout in enumerate(checkouts):
+        if code is not None:
+            print(("\n" if n else "") + f"trio_sessions of {checkout}:")
+        report(runs[checkout])
 
 
 # ------------------------------------------------------------------------- memory
@@ -217,12 +272,13 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=30)
     parser.add_argument("--count", type=int, default=FOOTPRINT_SESSIONS)
     parser.add_argument("--flood", action="store_true", help="also run the flood (slow)")
+    parser.add_argument("--code", help="also measure the trio_sessions of another checkout")
     parser.add_argument("--held", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.held:
         print(_held(args.held, args.count))
         return
-    speed(args.iterations, args.rounds)
+    speed(args.iterations, args.rounds, args.code)
     footprint(args.count)
     if args.flood:
         flood()

@@ -17,8 +17,9 @@ value held in memory reports its end the first time with a cancellation check on
 `trio.MemoryReceiveChannel.receive` does at the end of a closed channel (a later call
 there is a full checkpoint again). The read that the stream belongs to offers the schedule
 point, so a consumer that reads a value to its end costs one schedule point, as
-``read_bytes`` does. The owner of a stream learns from ``yielded`` whether a call offered
-a schedule point, and offers one itself if none did.
+``read_bytes`` does. The owner of a stream learns from ``checked`` and ``yielded``
+whether a call checked for cancellation and offered a schedule point, and makes up for
+what no call did.
 """
 
 from __future__ import annotations
@@ -101,6 +102,7 @@ class WriteStream(trio.abc.SendStream):
         "_parts",
         "_size",
         "_spill",
+        "checked",
         "too_large",
         "yielded",
     )
@@ -127,6 +129,8 @@ class WriteStream(trio.abc.SendStream):
         #: Set when the provider sent more than *max_size* bytes (even if it swallowed
         #: the `SessionTooLarge` it got).
         self.too_large = False
+        #: Set once a call on this stream checked for cancellation.
+        self.checked = False
         #: Set once a call on this stream offered a schedule point.
         self.yielded = False
 
@@ -139,7 +143,7 @@ class WriteStream(trio.abc.SendStream):
             data = as_bytes(data)
         self._busy = True
         try:
-            self.yielded = True
+            self.checked = self.yielded = True
             size = self._size + len(data)
             if size > self._max_size:
                 self.too_large = True
@@ -183,12 +187,12 @@ class WriteStream(trio.abc.SendStream):
     async def wait_send_all_might_not_block(self) -> None:
         if self._closed:
             raise trio.ClosedResourceError("the stream is closed")
-        self.yielded = True
+        self.checked = self.yielded = True
         await checkpoint()
 
     async def aclose(self) -> None:
         self._closed = True
-        self.yielded = True
+        self.checked = self.yielded = True
         if self._channel is not None:
             await self._channel.aclose()
         else:
@@ -216,7 +220,16 @@ class WriteStream(trio.abc.SendStream):
 class ReadStream(trio.abc.ReceiveStream):
     """The `trio.abc.ReceiveStream` a consumer reads the session's value from."""
 
-    __slots__ = ("_busy", "_channel", "_closed", "_data", "_ended", "_offset", "yielded")
+    __slots__ = (
+        "_busy",
+        "_channel",
+        "_closed",
+        "_data",
+        "_ended",
+        "_offset",
+        "checked",
+        "yielded",
+    )
 
     def __init__(
         self, data: bytes, channel: trio.MemoryReceiveChannel[bytes] | None = None
@@ -227,6 +240,8 @@ class ReadStream(trio.abc.ReceiveStream):
         self._channel = channel
         self._closed = False
         self._busy = False
+        #: Set once a call on this stream checked for cancellation.
+        self.checked = False
         #: Set once a call on this stream offered a schedule point.
         self.yielded = False
 
@@ -244,10 +259,11 @@ class ReadStream(trio.abc.ReceiveStream):
             # The end of the value, reported the first time: a cancellation point only,
             # as `trio.MemoryReceiveChannel.receive` at the end of a closed channel. The
             # read this stream belongs to offers the schedule point.
+            self.checked = True
             await checkpoint_if_cancelled()
             self._ended = True
             return b""
-        self.yielded = self._busy = True
+        self.checked = self.yielded = self._busy = True
         try:
             if start < len(data) or self._channel is None:
                 # Served from what is here: nothing is taken unless this call returns.
@@ -281,7 +297,7 @@ class ReadStream(trio.abc.ReceiveStream):
 
     async def aclose(self) -> None:
         self._closed = True
-        self.yielded = True
+        self.checked = self.yielded = True
         if self._channel is not None:
             await self._channel.aclose()
         else:

@@ -579,6 +579,49 @@ async def test_a_streaming_call_costs_the_scheduler_what_its_bytes_twin_costs() 
     assert await storage.read_bytes("other") == b""
 
 
+async def test_a_cancelled_streaming_call_changes_nothing_not_even_recency() -> None:
+    """Under a cancelled scope, a streaming write or read raises Cancelled whether its
+    callback calls the stream (that call raises) or not (the storage checks after it),
+    stores nothing, and does not count as a use of the session."""
+    storage = MemoryStorage(max_entries=2)
+    await storage.write_bytes("a", b"a")
+    await storage.write_bytes("b", b"b")
+    calls: list[Callable[[], Awaitable[object]]] = [
+        lambda: storage.write("a", _send_once),
+        lambda: storage.write("a", _send_nothing),
+        lambda: storage.write("new", _send_once),
+        lambda: storage.read("a", read_all),
+        lambda: storage.read("a", _read_nothing),
+    ]
+    for call in calls:
+        with trio.CancelScope() as scope:
+            scope.cancel()
+            await call()
+        assert scope.cancelled_caught
+    await storage.write_bytes("c", b"c")  # evicts the least recently used: still a
+    assert [await read_or_none(storage, sid) for sid in ("a", "b", "c", "new")] == [
+        None,
+        b"b",
+        b"c",
+        None,
+    ]
+
+
+async def test_a_session_replaced_during_a_streaming_read_keeps_its_new_value() -> None:
+    storage = MemoryStorage()
+    await storage.write_bytes("sid", b"old")
+
+    async def consumer(stream: trio.abc.ReceiveStream) -> bytes:
+        data = await stream.receive_some()  # a schedule point: the writer runs
+        await trio.testing.wait_all_tasks_blocked()
+        return bytes(data) + await stream.receive_some()
+
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(storage.write_bytes, "sid", b"new")
+        assert await storage.read("sid", consumer) == b"old"
+    assert await storage.read_bytes("sid") == b"new"
+
+
 @pytest.mark.parametrize("at", range(5))
 async def test_a_streaming_write_cancelled_at_any_stream_call_keeps_the_old_value(
     at: int,

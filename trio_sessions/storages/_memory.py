@@ -7,6 +7,14 @@ id (a valid id pays for the pattern once: stored ids and recently checked ids ar
 valid), then ``checkpoint_if_cancelled``, then the operation, then a
 ``cancel_shielded_checkpoint`` (as `trio.MemorySendChannel.send` does), so a cancelled
 call did nothing.
+
+``write`` and ``read`` run the provider or consumer in the caller's task, on streams over
+bytes: no task, nursery or channel. A write or read is one checkpoint, not one per step:
+the callback's calls on its stream check for cancellation (the storage checks after the
+callback if it made none, before it stores anything or counts the read as a use of the
+session), and its calls that move data offer the schedule point (the storage offers one
+at the end if none did). So a streaming write or read costs the scheduler what
+``write_bytes`` or ``read_bytes`` costs.
 """
 
 from __future__ import annotations
@@ -204,7 +212,6 @@ class MemoryStorage(ConditionalBase):
             session_id = self._checked(session_id)
         if ttl is not None:
             check_ttl(ttl)
-        await checkpoint_if_cancelled()
         stream = WriteStream(self._max_size)
         pending = provider(stream)
         if type(pending) is not CoroutineType:
@@ -212,6 +219,8 @@ class MemoryStorage(ConditionalBase):
         await pending
         data = stream.finish()
         assert data is not None
+        if not stream.checked:
+            await checkpoint_if_cancelled()
         if self._closed:  # while the provider ran
             raise trio.ClosedResourceError("MemoryStorage is closed")
         self._put(session_id, data, ttl)
@@ -221,9 +230,11 @@ class MemoryStorage(ConditionalBase):
     async def read(self, session_id: str, consumer: Consumer[T]) -> T:
         if self._closed or type(session_id) is not str or session_id not in checked_ids:
             session_id = self._checked(session_id)
-        await checkpoint_if_cancelled()
-        entry = self._live(session_id)
-        if entry is None:
+        entries = self._entries
+        entry = entries.get(session_id)
+        if entry is None or (entry[1] is not _NEVER and entry[1] <= self._clock()):
+            await checkpoint_if_cancelled()
+            self._live(session_id)  # removes it if it expired
             await cancel_shielded_checkpoint()
             raise SessionNotFound()
         stream = ReadStream(entry[0])
@@ -231,6 +242,13 @@ class MemoryStorage(ConditionalBase):
         if type(pending) is not CoroutineType:
             pending = awaitable(pending, consumer, "consumer")
         result = await pending
+        if not stream.checked:
+            await checkpoint_if_cancelled()
+        # A read that returns is a use of the session (if no write replaced it meanwhile).
+        if session_id != self._last and entries.get(session_id) is entry:
+            del entries[session_id]
+            entries[session_id] = entry
+            self._last = session_id
         if not stream.yielded:
             await cancel_shielded_checkpoint()
         return result
