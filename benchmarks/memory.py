@@ -18,6 +18,11 @@ run (CPU time of this process, so that other processes on a busy machine count l
   ``tracemalloc`` in a fresh child process after storing 100,000 sessions with fresh
   43-character ids: ids, payloads and the structures that hold them, next to a dict
   holding the same ids and payloads;
+* with ``--steps``: what the pairs are made of, one step at a time (a coroutine call,
+  trio's two halves of a checkpoint, the stream objects and calls, and for comparison
+  what streaming through a task would add: a nursery, a task, a channel hop), in
+  nanoseconds of CPU per step: the medians over alternating blocks in one ``trio.run``,
+  less an empty loop;
 * with ``--flood``: 100,000 writes of 2 KiB into new sessions of ``MemoryStorage()``
   with its default bounds, while 100 sessions keep being read: what is held at the end
   (slow: tracemalloc counts every allocation).
@@ -27,7 +32,8 @@ the medians of the ratios within each round. ``--code DIR`` measures the ``trio_
 of another checkout (say a ``git worktree`` of the commit before a change) in the same
 run: each round then runs in two child processes, one per checkout, in alternating order.
 
-Run: ``python -m benchmarks.memory [--iterations N] [--rounds R] [--code DIR] [--flood]``
+Run: ``python -m benchmarks.memory [--iterations N] [--rounds R] [--code DIR] [--steps]
+[--flood]``
 """
 
 from __future__ import annotations
@@ -193,6 +199,87 @@ def speed(iterations: int, rounds: int, code: str | None = None) -> None:
         report(runs[checkout])
 
 
+# -------------------------------------------------------------------------- steps
+
+
+async def _nothing() -> None:
+    pass
+
+
+def _step_cases(storage: MemoryStorage) -> dict[str, Callable[[], Awaitable[object]]]:
+    from trio_sessions._streams import ReadStream, WriteStream
+
+    send, receive = trio.open_memory_channel[bytes](1)
+
+    async def provider(stream: trio.abc.SendStream) -> None:
+        await stream.send_all(PAYLOAD)
+
+    async def stream_object() -> None:
+        WriteStream(len(PAYLOAD)).finish()
+        ReadStream(PAYLOAD)
+
+    async def send_all() -> None:
+        stream = WriteStream(len(PAYLOAD))
+        await stream.send_all(PAYLOAD)
+
+    async def nursery() -> None:
+        async with trio.open_nursery():
+            pass
+
+    async def task() -> None:
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(_nothing)
+
+    async def hop() -> None:
+        await send.send(PAYLOAD)
+        await receive.receive()
+
+    return {
+        "empty loop": _nothing,
+        "coroutine call": _nothing,
+        "checkpoint_if_cancelled": trio.lowlevel.checkpoint_if_cancelled,
+        "cancel_shielded_checkpoint": trio.lowlevel.cancel_shielded_checkpoint,
+        "WriteStream+ReadStream": stream_object,
+        "send_all (+WriteStream)": send_all,
+        "receive_some, data": lambda: ReadStream(PAYLOAD).receive_some(),
+        "receive_some, the end": lambda: ReadStream(b"").receive_some(),
+        "write_bytes": lambda: storage.write_bytes(SESSION_ID, PAYLOAD),
+        "read_bytes": lambda: storage.read_bytes(SESSION_ID),
+        "write, one send_all": lambda: storage.write(SESSION_ID, provider),
+        "read to the end": lambda: storage.read(SESSION_ID, read_all),
+        "nursery, empty": nursery,
+        "nursery + one task": task,
+        "channel send+receive": hop,
+    }
+
+
+def steps(blocks: int, per_block: int = 1000) -> None:
+    async def run() -> dict[str, list[float]]:
+        storage = MemoryStorage()
+        await storage.write_bytes(SESSION_ID, PAYLOAD)
+        cases = _step_cases(storage)
+        runs: dict[str, list[float]] = {name: [] for name in cases}
+        for block in range(blocks):
+            for name in reversed(cases) if block % 2 else cases:
+                call = cases[name]
+                start = time.process_time_ns()
+                if name == "empty loop":
+                    for _ in range(per_block):
+                        pass
+                else:
+                    for _ in range(per_block):
+                        await call()
+                runs[name].append((time.process_time_ns() - start) / per_block)
+        return runs
+
+    runs = trio.run(run)
+    base = runs.pop("empty loop")
+    print(f"\n{'step':<28}{'ns of CPU':>10}  (medians of {blocks} blocks, less an empty loop)")
+    for name, values in runs.items():
+        cost = statistics.median(x - y for x, y in zip(values, base, strict=True))
+        print(f"{name:<28}{cost:>10,.0f}")
+
+
 # ------------------------------------------------------------------------- memory
 
 
@@ -273,12 +360,15 @@ def main() -> None:
     parser.add_argument("--count", type=int, default=FOOTPRINT_SESSIONS)
     parser.add_argument("--flood", action="store_true", help="also run the flood (slow)")
     parser.add_argument("--code", help="also measure the trio_sessions of another checkout")
+    parser.add_argument("--steps", action="store_true", help="also time each step of the pairs")
     parser.add_argument("--held", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.held:
         print(_held(args.held, args.count))
         return
     speed(args.iterations, args.rounds, args.code)
+    if args.steps:
+        steps(args.rounds)
     footprint(args.count)
     if args.flood:
         flood()
