@@ -18,8 +18,11 @@ checkout (e.g. ``git worktree add /tmp/before COMMIT``) beside this one, as
 
 A bounded load generator (its own process, plain HTTP/1.1 over keep-alive sockets, one
 session per connection) sends a fixed number of requests per connection and reports
-requests per second. Variants are interleaved within each repeat so drift affects all
-alike; ratios are against the cookie baseline measured in the same run (goal >= 0.8x).
+requests per second, the server's CPU time per request and its threads' context switches
+per request (a storage that works in worker threads pays for each: while the event loop's
+thread is busy, a worker's system call hands the interpreter's lock over and back).
+Variants are interleaved within each repeat so drift affects all alike; ratios are
+against the cookie baseline measured in the same run (goal >= 0.8x).
 
 Run: ``python -m benchmarks.web [--requests N] [--connections C] [--repeats R] [--mix F]
 [--variants cookie,directory,redis] [--code DIR]``
@@ -195,10 +198,22 @@ def cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
+def context_switches(pid: int) -> int:
+    """Context switches of a process's live threads so far (Linux), or 0 elsewhere."""
+    total = 0
+    with contextlib.suppress(OSError):
+        for task in os.listdir(f"/proc/{pid}/task"):
+            with contextlib.suppress(OSError), open(f"/proc/{pid}/task/{task}/status") as file:
+                for line in file:
+                    if line.startswith(("voluntary_ctxt_switches:", "nonvoluntary_ctxt_switches:")):
+                        total += int(line.partition(":")[2])
+    return total
+
+
 def measure(
     variant: str, requests: int, connections: int, mix: float, code: str | None, redis_url: str
-) -> tuple[float, float]:
-    """Requests per second, and the server's CPU milliseconds per request."""
+) -> tuple[float, float, float]:
+    """Requests per second, the server's CPU milliseconds and context switches per request."""
     env = {**os.environ, "BENCH_REDIS_URL": redis_url}
     if code is not None:  # serve another checkout's trio_sessions
         env["PYTHONPATH"] = os.pathsep.join([code, env.get("PYTHONPATH", "")])
@@ -216,10 +231,11 @@ def measure(
             url = server.stdout.readline().strip()
             if not url.startswith("http://127.0.0.1:"):
                 raise RuntimeError(f"{variant} server did not start")
-            before = cpu_seconds(server.pid)
+            before, switches = cpu_seconds(server.pid), context_switches(server.pid)
             rate = trio.run(load, url, requests, connections, mix)
-            cpu = (cpu_seconds(server.pid) - before) / (requests * connections + 1) * 1e3
-            return rate, cpu
+            count = requests * connections + 1
+            cpu = (cpu_seconds(server.pid) - before) / count * 1e3
+            return rate, cpu, (context_switches(server.pid) - switches) / count
         finally:
             server.send_signal(signal.SIGTERM)
             try:
@@ -257,14 +273,16 @@ def main() -> None:
             redis_url = stack.enter_context(redis_server()).url
         results: dict[str, list[float]] = {}
         cpu: dict[str, list[float]] = {}
+        switches: dict[str, list[float]] = {}
         for _ in range(args.repeats):
             for variant, code in runs:
                 name = variant if code is None else f"{variant}@before"
-                rate, milliseconds = measure(
+                rate, milliseconds, switched = measure(
                     variant, args.requests, args.connections, args.mix, code, redis_url
                 )
                 results.setdefault(name, []).append(rate)
                 cpu.setdefault(name, []).append(milliseconds)
+                switches.setdefault(name, []).append(switched)
     workload = (
         "every request saves its session"
         if not args.mix
@@ -277,7 +295,7 @@ def main() -> None:
     )
     print(
         f"{'variant':<26}{'median req/s':>14}{'min':>7}{'max':>7}{'vs cookie':>11}"
-        f"{'server CPU ms/req':>19}{'vs cookie':>11}"
+        f"{'server CPU ms/req':>19}{'vs cookie':>11}{'switches/req':>14}"
     )
     base_rate = statistics.median(results["cookie"]) if "cookie" in results else None
     base_cpu = statistics.median(cpu["cookie"]) if "cookie" in cpu else None
@@ -288,10 +306,12 @@ def main() -> None:
         cpu_ratio = f"{base_cpu / milliseconds:.2f}x" if base_cpu else "-"
         print(
             f"{variant:<26}{rate:>14.0f}{min(values):>7.0f}{max(values):>7.0f}{rate_ratio:>11}"
-            f"{milliseconds:>19.2f}{cpu_ratio:>11}"
+            f"{milliseconds:>19.2f}{cpu_ratio:>11}{statistics.median(switches[variant]):>14.1f}"
         )
     print("both ratio columns are throughput ratios against Quart's cookie sessions; the CPU")
-    print("one is steadier on a busy machine, the req/s one includes waiting for disk")
+    print("one is steadier on a busy machine, the req/s one includes waiting for disk;")
+    print("switches/req: the server threads' context switches (a worker thread's system")
+    print("calls hand the interpreter's lock to the event loop's thread and back)")
 
 
 if __name__ == "__main__":
