@@ -7,7 +7,9 @@ The same Quart-Trio app is served by Hypercorn's trio worker in a separate proce
 * ``directory``: `trio_sessions.quart` with a `DirectoryStorage` (fsync on every write);
 * ``directory-nofsync``: the same without fsync;
 * ``cache-directory``: a cache over the fsync'd directory;
-* ``redis``: `RedisStorage` (glide) on a private Valkey started by this script.
+* ``redis``: `RedisStorage` (glide) on a private Valkey started by this script;
+* ``redis-coredis``: the same with the coredis driver;
+* ``redis-nopipeline``: glide without automatic pipelining (``pipeline=False``).
 
 ``/count`` increments a counter in the session (so it saves it); ``/plain`` never
 touches the session. ``--mix 0.8`` sends 80% of requests to ``/plain``: with
@@ -44,7 +46,16 @@ from typing import Any
 
 import trio
 
-VARIANTS = ("cookie", "memory", "directory", "directory-nofsync", "cache-directory", "redis")
+VARIANTS = (
+    "cookie",
+    "memory",
+    "directory",
+    "directory-nofsync",
+    "cache-directory",
+    "redis",
+    "redis-coredis",
+    "redis-nopipeline",
+)
 SECRET = b"benchmark-secret-key-0123456789abcdef"
 
 
@@ -65,11 +76,13 @@ def build_app(variant: str, root: str) -> Any:
         storage: Any
         if variant == "memory":
             storage = MemoryStorage()
-        elif variant == "redis":
+        elif variant.startswith("redis"):
             from trio_sessions import open_redis_storage
 
             url = os.environ["BENCH_REDIS_URL"]
-            storage = lambda: open_redis_storage(url, driver="glide")  # noqa: E731
+            driver = "coredis" if variant == "redis-coredis" else "glide"
+            pipeline = variant != "redis-nopipeline"
+            storage = lambda: open_redis_storage(url, driver=driver, pipeline=pipeline)  # noqa: E731
         elif variant == "cache-directory":
             storage = lambda: open_cache_storage(DirectoryStorage(root))  # noqa: E731
         else:
@@ -267,7 +280,7 @@ def main() -> None:
         runs += [(variant, args.code) for variant in variants if variant != "cookie"]
     with contextlib.ExitStack() as stack:
         redis_url = ""
-        if "redis" in variants:
+        if any(variant.startswith("redis") for variant in variants):
             from trio_sessions.testing.servers import redis_server
 
             redis_url = stack.enter_context(redis_server()).url
