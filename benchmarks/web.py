@@ -42,7 +42,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from typing import Any
+from typing import Any, Literal
 
 import trio
 
@@ -80,7 +80,9 @@ def build_app(variant: str, root: str) -> Any:
             from trio_sessions import open_redis_storage
 
             url = os.environ["BENCH_REDIS_URL"]
-            driver = "coredis" if variant == "redis-coredis" else "glide"
+            driver: Literal["glide", "coredis"] = (
+                "coredis" if variant == "redis-coredis" else "glide"
+            )
             pipeline = variant != "redis-nopipeline"
             storage = lambda: open_redis_storage(url, driver=driver, pipeline=pipeline)  # noqa: E731
         elif variant == "cache-directory":
