@@ -10,6 +10,12 @@ All on one private server (no persistence) unless ``--url`` names one. Prints:
   a time, and starsessions' ``RedisStore`` (redis-py) on asyncio, the peer (goals with
   glide: >= 1.8x raw glide and >= 3x the peer; the ``bench`` extra installs the peer),
   with the batch sizes the pipelined runs used;
+* ``--cpu``: the CPU time a web request's storage work costs (a versioned read and a
+  conditional write: ``GET`` + ``EVALSHA``), per pair, with 1 and 8 tasks: the raw client
+  sending those two commands against RedisStorage pipelined and with ``pipeline=False``;
+  the process's CPU (glide's own threads included) and the event loop thread's (this is
+  the floor a web server on this client cannot go below; ``benchmarks.web`` measures the
+  whole request);
 * random cancellations of 64 tasks' operations (``--cancels``, 12,000 by default), each
   task checking that every reply it gets is its own (goal: 0 wrong values);
 * peak RSS above a baseline while one 64 MiB session streams in and out, each driver in a
@@ -23,6 +29,7 @@ shared machine affects them alike, and the medians of the repeats are compared.
 Run from the repository's root, as a module (run as a file, this file would stand in for
 redis-py's package, which the peer imports):
 ``python -m benchmarks.redis [--pairs N] [--repeats R] [--cancels N] [--url ...]``
+(``--cpu`` runs only the CPU section)
 """
 
 from __future__ import annotations
@@ -248,6 +255,121 @@ def starsessions_concurrent(url: str, pairs: int) -> float | None:
     return asyncio.run(main())
 
 
+# ------------------------------------------------------------------ CPU per pair
+
+CPU_TASKS = (1, 8)
+CPU_CASES = ("raw GET + EVALSHA", "RedisStorage, pipelined", "RedisStorage, pipeline=False")
+
+
+def raw_versioned_pair(store: RedisStorage) -> Callable[[str], Awaitable[None]]:
+    """The same client's ``GET`` + ``EVALSHA`` of the conditional-write script on the
+    storage's own keys: the two commands a web request's read and save send, without
+    RedisStorage around them."""
+    from trio_sessions.storages._redis import _STORE_IF
+
+    client: Any = store._driver._client  # type: ignore[attr-defined]
+    keys: dict[str, bytes] = {}
+    value = b"\xfe\x01" + os.urandom(8) + PAYLOAD
+    px = str(TTL * 1000).encode()
+    glide = store.driver == "glide"
+    script = importlib.import_module("glide").Script(_STORE_IF.source) if glide else None
+
+    async def pair(k: str) -> None:
+        key = keys.get(k)
+        if key is None:
+            key = keys[k] = store.key(SESSION_ID + k)
+        stored = await client.get(key)
+        if glide:
+            await client.invoke_script(script, keys=[key], args=[stored[:10], value, px])
+        else:
+            await client.evalsha(_STORE_IF.sha1, [key], [stored[:10], value, px])
+
+    return pair
+
+
+def versioned_pair(store: RedisStorage) -> Callable[[str], Awaitable[None]]:
+    """What a web request does to its session: a versioned read, a conditional write."""
+
+    async def pair(k: str) -> None:
+        found = await store.read_versioned(SESSION_ID + k)
+        await store.write_bytes_if(SESSION_ID + k, PAYLOAD, version=found.version, ttl=TTL)
+
+    return pair
+
+
+def cpu_per_pair(url: str, driver: str, rounds: int, pairs: int) -> dict[str, list[float]]:
+    """CPU microseconds per pair, ``"NAME xT process"`` and ``"NAME xT loop"`` for T tasks
+    in `CPU_TASKS`, in interleaved rounds of *pairs* pairs."""
+
+    async def main() -> dict[str, list[float]]:
+        async with storage(url, driver) as pipelined:
+            client = pipelined._driver._client  # type: ignore[attr-defined]
+            unpipelined = RedisStorage(client, prefix="bench:", pipeline=False)
+            cases = {
+                "raw GET + EVALSHA": raw_versioned_pair(pipelined),
+                "RedisStorage, pipelined": versioned_pair(pipelined),
+                "RedisStorage, pipeline=False": versioned_pair(unpipelined),
+            }
+            for tasks in CPU_TASKS:
+                for n in range(tasks):
+                    await pipelined.write_bytes(f"{SESSION_ID}-{n}", PAYLOAD, ttl=TTL)
+
+            async def run(
+                pair: Callable[[str], Awaitable[None]], tasks: int
+            ) -> tuple[float, float]:
+                count = max(1, pairs // tasks)
+
+                async def task(n: int) -> None:
+                    for _ in range(count):
+                        await pair(f"-{n}")
+
+                process, loop = time.process_time(), time.thread_time()
+                async with trio.open_nursery() as nursery:
+                    for n in range(tasks):
+                        nursery.start_soon(task, n)
+                done = tasks * count
+                return (
+                    (time.process_time() - process) / done * 1e6,
+                    (time.thread_time() - loop) / done * 1e6,
+                )
+
+            for tasks in CPU_TASKS:  # warm up: connections, scripts
+                for pair in cases.values():
+                    await run(pair, tasks)
+            found: dict[str, list[float]] = {}
+            for _ in range(rounds):
+                for tasks in CPU_TASKS:
+                    for name, pair in cases.items():
+                        process, loop = await run(pair, tasks)
+                        found.setdefault(f"{name} x{tasks} process", []).append(process)
+                        found.setdefault(f"{name} x{tasks} loop", []).append(loop)
+            return found
+
+    result: dict[str, list[float]] = trio.run(main)
+    return result
+
+
+def print_cpu(url: str, rounds: int, pairs: int) -> None:
+    print(
+        f"CPU per pair (read_versioned + write_bytes_if, or the raw GET + EVALSHA), "
+        f"{pairs} pairs a round, {rounds} rounds; process = all threads, loop = the "
+        "event loop's thread"
+    )
+    print(f"{'':<44}{'process us':>12}{'loop us':>10}")
+    for driver in DRIVERS:
+        found = cpu_per_pair(url, driver, rounds, pairs)
+        for tasks in CPU_TASKS:
+            for name in (
+                "raw GET + EVALSHA",
+                "RedisStorage, pipelined",
+                "RedisStorage, pipeline=False",
+            ):
+                process = statistics.median(found[f"{name} x{tasks} process"])
+                loop = statistics.median(found[f"{name} x{tasks} loop"])
+                label = f"{driver} {name}, {tasks} task{'s' if tasks > 1 else ''}"
+                print(f"{label:<44}{process:>12.1f}{loop:>10.1f}")
+
+
 # ------------------------------------------------------------------ cancellation
 
 
@@ -400,10 +522,15 @@ def main() -> None:
     parser.add_argument("--cancels", type=int, default=12_000, help="cancelled operations")
     parser.add_argument("--no-rss", action="store_true", help="skip the 64 MiB streaming runs")
     parser.add_argument("--url", help="an existing server (default: start a private one)")
+    parser.add_argument("--cpu", action="store_true", help="only the CPU per pair section")
     parser.add_argument("--rss-child", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.rss_child:
         rss_child(args.url, args.rss_child)
+        return
+    if args.cpu:
+        with server(args.url) as url:
+            print_cpu(url, args.repeats, args.pairs)
         return
     with server(args.url) as url:
         print(f"server {url}; 1 KiB sessions, ttl {TTL} s; {args.repeats} repeats\n")
@@ -492,6 +619,9 @@ def main() -> None:
             one = 1e6 / reference["SET rps c=1"] + 1e6 / reference["GET rps c=1"]
             many = 1 / (1 / reference[f"SET rps c={TASKS}"] + 1 / reference[f"GET rps c={TASKS}"])
             print(f"  => {one:.1f} us per SET+GET pair with 1 client, {many:.0f} pairs/s with 64")
+
+        print()
+        print_cpu(url, args.repeats, args.pairs)
 
 
 if __name__ == "__main__":
