@@ -135,25 +135,31 @@ def one_round(iterations: int, reverse: bool) -> dict[str, float]:
 
 
 # A child that measures one round with the trio_sessions of another checkout: that
-# checkout comes first on the path while trio_sessions is imported, this one's benchmarks
-# after (a checkout passed as --code may hold no such benchmark, or an older one).
+# checkout is the child's PYTHONPATH, and the benchmarks package is this checkout's,
+# loaded from its folder (a checkout passed as --code may hold no such benchmark, or an
+# older one).
 _CHILD = """\
-import json, os, sys
-code, here, iterations, reverse = sys.argv[1:]
-sys.path[:0] = [code]
+import importlib.util, json, os, sys
+code, package, iterations, reverse = sys.argv[1:]
 import trio_sessions
 if not os.path.realpath(trio_sessions.__file__).startswith(os.path.realpath(code) + os.sep):
     raise SystemExit(f"trio_sessions came from {trio_sessions.__file__}, not from {code}")
-sys.path[0] = here
+spec = importlib.util.spec_from_file_location(
+    "benchmarks", os.path.join(package, "__init__.py"), submodule_search_locations=[package]
+)
+sys.modules["benchmarks"] = importlib.util.module_from_spec(spec)
+spec.loader.exec_module(sys.modules["benchmarks"])
 from benchmarks.memory import one_round
 print(json.dumps(one_round(int(iterations), reverse == "1")))
 """
 
 
 def child_round(code: str, iterations: int, reverse: bool) -> dict[str, float]:
-    command = [sys.executable, "-c", _CHILD, code, str(ROOT), str(iterations), str(int(reverse))]
+    package = os.path.dirname(os.path.abspath(__file__))
+    command = [sys.executable, "-c", _CHILD, code, package, str(iterations), str(int(reverse))]
+    env = {**os.environ, "PYTHONPATH": code}
     done = subprocess.run(
-        command, capture_output=True, text=True, timeout=600, check=False, cwd=code
+        command, capture_output=True, text=True, timeout=600, check=False, cwd=code, env=env
     )
     if done.returncode != 0:
         tail = done.stderr.strip().splitlines()[-1:] or ["no output"]
