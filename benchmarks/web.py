@@ -9,7 +9,11 @@ The same Quart-Trio app is served by Hypercorn's trio worker in a separate proce
 * ``cache-directory``: a cache over the fsync'd directory;
 * ``redis``: `RedisStorage` (glide) on a private Valkey started by this script;
 * ``redis-coredis``: the same with the coredis driver;
-* ``redis-nopipeline``: glide without automatic pipelining (``pipeline=False``).
+* ``redis-nopipeline``: glide without automatic pipelining (``pipeline=False``);
+* ``memory+raw-glide``: ``memory``, plus the two commands that ``redis`` sends per request
+  (``GET``, then ``EVALSHA`` of its conditional-write script on a key of the session)
+  sent by a bare glide client in the view: the client's own cost, without RedisStorage
+  (``redis`` minus this is what RedisStorage and its driver add).
 
 ``/count`` increments a counter in the session (so it saves it); ``/plain`` never
 touches the session. ``--mix 0.8`` sends 80% of requests to ``/plain``: with
@@ -42,6 +46,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Awaitable, Callable
 from typing import Any, Literal
 
 import trio
@@ -55,6 +60,7 @@ VARIANTS = (
     "redis",
     "redis-coredis",
     "redis-nopipeline",
+    "memory+raw-glide",
 )
 SECRET = b"benchmark-secret-key-0123456789abcdef"
 
@@ -62,7 +68,7 @@ SECRET = b"benchmark-secret-key-0123456789abcdef"
 def build_app(variant: str, root: str) -> Any:
     import inspect
 
-    from quart import session
+    from quart import request, session
     from quart_trio import QuartTrio
 
     from trio_sessions import CookieOptions, DirectoryStorage, MemoryStorage, open_cache_storage
@@ -74,7 +80,7 @@ def build_app(variant: str, root: str) -> Any:
     app.config["SESSION_COOKIE_SAMESITE"] = "Lax"
     if variant != "cookie":
         storage: Any
-        if variant == "memory":
+        if variant.startswith("memory"):
             storage = MemoryStorage()
         elif variant.startswith("redis"):
             from trio_sessions import open_redis_storage
@@ -94,9 +100,13 @@ def build_app(variant: str, root: str) -> Any:
             options["autoload"] = ["/count"]  # /plain never loads its session
         init_app(app, storage, **options)
 
+    raw = raw_glide(app) if variant == "memory+raw-glide" else None
+
     @app.get("/count")
     async def count() -> str:  # noqa: ASYNC124 (a Quart view)
         session["n"] = session.get("n", 0) + 1
+        if raw is not None:
+            await raw(request.cookies.get("session", ""))
         return f"hello #{session['n']}"
 
     @app.get("/plain")
@@ -104,6 +114,40 @@ def build_app(variant: str, root: str) -> Any:
         return "no session here"
 
     return app
+
+
+def raw_glide(app: Any) -> Callable[[str], Awaitable[None]]:
+    """A bare glide client for *app*'s lifetime; the returned function sends, for a
+    session's cookie, the ``GET`` and the conditional-write ``EVALSHA`` that RedisStorage
+    sends for the session."""
+    import glide
+
+    from trio_sessions.storages._redis import _STORE_IF
+
+    state: dict[str, Any] = {}
+    script = glide.Script(_STORE_IF.source)  # type: ignore[no-untyped-call]
+
+    async def connect() -> None:
+        host, _, port = os.environ["BENCH_REDIS_URL"].removeprefix("redis://").partition(":")
+        address = glide.NodeAddress(host, int(port.partition("/")[0]))
+        state["client"] = await glide.GlideClient.create(glide.GlideClientConfiguration([address]))
+
+    async def close() -> None:
+        await state["client"].close()
+
+    app.before_serving(connect)
+    app.after_serving(close)
+
+    async def send(cookie: str) -> None:
+        key = b"raw-bench:{" + cookie.encode() + b"}"
+        stored = await state["client"].get(key)
+        header = b"\xfe\x01" + os.urandom(8)
+        expected = b"" if stored is None else stored[:10]
+        await state["client"].invoke_script(
+            script, keys=[key], args=[expected, header + b"x" * 40, b"3600000"]
+        )
+
+    return send
 
 
 def serve(variant: str, root: str) -> None:
@@ -282,7 +326,7 @@ def main() -> None:
         runs += [(variant, args.code) for variant in variants if variant != "cookie"]
     with contextlib.ExitStack() as stack:
         redis_url = ""
-        if any(variant.startswith("redis") for variant in variants):
+        if any("redis" in variant or "glide" in variant for variant in variants):
             from trio_sessions.testing.servers import redis_server
 
             redis_url = stack.enter_context(redis_server()).url
