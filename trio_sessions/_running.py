@@ -25,7 +25,7 @@ __all__ = ["Runnable", "opener", "running"]
 class Runnable(Protocol):
     """A storage whose background work runs in a caller's nursery."""
 
-    async def run(self, *, task_status: trio.TaskStatus[None] = ...) -> None: ...
+    async def run(self, *, task_status: trio.TaskStatus[None] = ...) -> None: ...  # noqa: ASYNC114
 
     async def aclose(self) -> None: ...
 
