@@ -27,7 +27,9 @@ session per connection) sends a fixed number of requests per connection and repo
 requests per second, the server's CPU time per request and its threads' context switches
 per request (a storage that works in worker threads pays for each: while the event loop's
 thread is busy, a worker's system call hands the interpreter's lock over and back).
-Variants are interleaved within each repeat so drift affects all alike; ratios are
+For the variants that use Redis it also prints the commands the Redis server ran per
+request (``INFO commandstats``, the calls inside scripts included). Variants are
+interleaved within each repeat so drift affects all alike; ratios are
 against the cookie baseline measured in the same run (goal >= 0.8x).
 
 Run: ``python -m benchmarks.web [--requests N] [--connections C] [--repeats R] [--mix F]
@@ -269,10 +271,24 @@ def context_switches(pid: int) -> int:
     return total
 
 
+def server_commands(redis: Any) -> dict[str, int]:
+    """How many times the Redis server ran each command so far (``INFO commandstats``)."""
+    if redis is None:
+        return {}
+    calls: dict[str, int] = {}
+    for line in redis.command("INFO", "commandstats").decode().splitlines():
+        name, _, value = line.partition(":")
+        if name.startswith("cmdstat_"):
+            calls[name.removeprefix("cmdstat_")] = int(value.split(",")[0].partition("=")[2])
+    return calls
+
+
 def measure(
-    variant: str, requests: int, connections: int, mix: float, code: str | None, redis_url: str
-) -> tuple[float, float, float]:
-    """Requests per second, the server's CPU milliseconds and context switches per request."""
+    variant: str, requests: int, connections: int, mix: float, code: str | None, redis: Any
+) -> tuple[float, float, float, dict[str, float]]:
+    """Requests per second, the server's CPU milliseconds and context switches per request,
+    and the Redis server's commands per request (by name; scripts' own calls included)."""
+    redis_url = "" if redis is None else redis.url
     env = {**os.environ, "BENCH_REDIS_URL": redis_url}
     if code is not None:  # serve another checkout's trio_sessions
         env["PYTHONPATH"] = os.pathsep.join([code, env.get("PYTHONPATH", "")])
@@ -290,11 +306,18 @@ def measure(
             url = server.stdout.readline().strip()
             if not url.startswith("http://127.0.0.1:"):
                 raise RuntimeError(f"{variant} server did not start")
+            calls = server_commands(redis)
             before, switches = cpu_seconds(server.pid), context_switches(server.pid)
             rate = trio.run(load, url, requests, connections, mix)
             count = requests * connections + 1
             cpu = (cpu_seconds(server.pid) - before) / count * 1e3
-            return rate, cpu, (context_switches(server.pid) - switches) / count
+            switched = (context_switches(server.pid) - switches) / count
+            commands = {
+                name: (n - calls.get(name, 0)) / count
+                for name, n in server_commands(redis).items()
+                if n > calls.get(name, 0) and not name.startswith(("info", "client"))
+            }
+            return rate, cpu, switched, commands
         finally:
             server.send_signal(signal.SIGTERM)
             try:
@@ -325,23 +348,26 @@ def main() -> None:
     if args.code:
         runs += [(variant, args.code) for variant in variants if variant != "cookie"]
     with contextlib.ExitStack() as stack:
-        redis_url = ""
+        redis = None
         if any("redis" in variant or "glide" in variant for variant in variants):
             from trio_sessions.testing.servers import redis_server
 
-            redis_url = stack.enter_context(redis_server()).url
+            redis = stack.enter_context(redis_server())
         results: dict[str, list[float]] = {}
         cpu: dict[str, list[float]] = {}
         switches: dict[str, list[float]] = {}
+        commands: dict[str, dict[str, float]] = {}
         for _ in range(args.repeats):
             for variant, code in runs:
                 name = variant if code is None else f"{variant}@before"
-                rate, milliseconds, switched = measure(
-                    variant, args.requests, args.connections, args.mix, code, redis_url
+                rate, milliseconds, switched, sent = measure(
+                    variant, args.requests, args.connections, args.mix, code, redis
                 )
                 results.setdefault(name, []).append(rate)
                 cpu.setdefault(name, []).append(milliseconds)
                 switches.setdefault(name, []).append(switched)
+                if sent:
+                    commands[name] = sent  # the last repeat's
     workload = (
         "every request saves its session"
         if not args.mix
@@ -367,6 +393,9 @@ def main() -> None:
             f"{variant:<26}{rate:>14.0f}{min(values):>7.0f}{max(values):>7.0f}{rate_ratio:>11}"
             f"{milliseconds:>19.2f}{cpu_ratio:>11}{statistics.median(switches[variant]):>14.1f}"
         )
+    for variant, sent in commands.items():
+        counts = ", ".join(f"{name} {n:.2f}" for name, n in sorted(sent.items()))
+        print(f"{variant}: Redis server commands per request (scripts' own included): {counts}")
     print("both ratio columns are throughput ratios against Quart's cookie sessions; the CPU")
     print("one is steadier on a busy machine, the req/s one includes waiting for disk;")
     print("switches/req: the server threads' context switches (a worker thread's system")
