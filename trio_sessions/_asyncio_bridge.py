@@ -11,9 +11,10 @@ from it) import without the ``asyncio`` extra.
 from __future__ import annotations
 
 import asyncio
+from abc import ABCMeta
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
-from typing import TYPE_CHECKING, Any, Protocol, TypeVar, cast, final
+from typing import TYPE_CHECKING, Any, NoReturn, Protocol, TypeVar, cast, final
 
 import trio
 
@@ -27,6 +28,7 @@ if TYPE_CHECKING:
 __all__ = ["AsyncioByteStore", "AsyncioStorage", "open_asyncio_storage"]
 
 T = TypeVar("T")
+_T = TypeVar("_T")
 
 #: How long closing may wait for the asyncio side to release its resources.
 CLOSE_GRACE = 10.0
@@ -56,7 +58,20 @@ async def _call_in_asyncio(fn: Callable[..., Awaitable[T]], *args: Any) -> T:
 
 
 @final
-class AsyncioStorage(StorageBase):
+class _OpenedOnly(ABCMeta):
+    """Classes made only by their ``open_*`` function (like `trio.Nursery`)."""
+
+    def __call__(cls, *args: object, **kwargs: object) -> NoReturn:
+        raise TypeError(
+            f"{cls.__name__} has no public constructor: open one with"
+            " 'async with open_asyncio_storage(store) as storage'"
+        )
+
+    def _create(cls: type[_T], *args: Any, **kwargs: Any) -> _T:
+        return super().__call__(*args, **kwargs)  # type: ignore[misc,no-any-return]
+
+
+class AsyncioStorage(StorageBase, metaclass=_OpenedOnly):
     """The `SessionStorage` that `open_asyncio_storage` yields: its hooks run on the
     asyncio side."""
 
@@ -184,7 +199,7 @@ async def open_asyncio_storage(
     async with _asyncio_loop() as loop:
         backend, release = await _enter(loop, store, "AsyncioStorage")
         try:
-            storage = AsyncioStorage(loop, backend, release, max_size=max_size)
+            storage = AsyncioStorage._create(loop, backend, release, max_size=max_size)
         except BaseException:
             if release is not None:
                 with trio.move_on_after(CLOSE_GRACE, shield=True):

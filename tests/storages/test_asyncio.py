@@ -66,6 +66,11 @@ class TestAsyncioBridgeConformance(StorageConformance):
         return open_asyncio_storage(open_dict_store(clock, []), max_size=512 * 1024)
 
 
+def test_the_storage_is_made_only_by_open_asyncio_storage() -> None:
+    with pytest.raises(TypeError, match=r"no public constructor.*open_asyncio_storage"):
+        AsyncioStorage(None, AsyncioDictStore(), None)
+
+
 async def test_values_round_trip_through_a_plain_store() -> None:
     with trio.fail_after(10):
         store = AsyncioDictStore()
