@@ -10,7 +10,7 @@ import contextlib
 import os
 import random
 import secrets
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from typing import Any
 
@@ -37,23 +37,11 @@ from trio_sessions.storages._redis import (
 from trio_sessions.storages._redis_drivers import AutoPipeline, Command
 from trio_sessions.testing import read_all
 from trio_sessions.testing.pytest_plugin import require_module
-from trio_sessions.testing.servers import RedisServer, free_port, redis_cluster, redis_server
+from trio_sessions.testing.servers import RedisServer, free_port
 
 DRIVERS = ["glide", "coredis"]
 OPTIONS: dict[str, dict[str, Any]] = {"glide": {"request_timeout": 10_000}, "coredis": {}}
 BIG = bytes(range(256)) * (3 * CHUNK_SIZE // 256 + 7)  # several chunks
-
-
-@pytest.fixture(scope="module")
-def redis_single(redis_binary: str) -> Iterator[RedisServer]:
-    with redis_server(redis_binary) as server:
-        yield server
-
-
-@pytest.fixture(scope="module")
-def redis_cluster_nodes(redis_binary: str) -> Iterator[list[RedisServer]]:
-    with redis_cluster(3, redis_binary) as servers:
-        yield servers
 
 
 @pytest.fixture(params=DRIVERS)

@@ -8,7 +8,6 @@ One private server and one 3-master Cluster serve the whole module. Set
 from __future__ import annotations
 
 import os
-from collections.abc import Iterator
 from contextlib import AbstractAsyncContextManager
 from typing import Any, ClassVar
 
@@ -17,7 +16,7 @@ import pytest
 from trio_sessions import RedisStorage, open_redis_storage
 from trio_sessions.testing import ManualClock, StorageConformance
 from trio_sessions.testing.pytest_plugin import require_module
-from trio_sessions.testing.servers import RedisServer, redis_cluster, redis_server
+from trio_sessions.testing.servers import RedisServer
 
 EXAMPLES = int(os.environ.get("TRIO_SESSIONS_REDIS_EXAMPLES", "15"))
 # Generous: a loaded CI machine must not turn a slow reply into a failed check.
@@ -25,18 +24,6 @@ CLIENT_OPTIONS: dict[str, dict[str, Any]] = {
     "glide": {"request_timeout": 10_000},
     "coredis": {},
 }
-
-
-@pytest.fixture(scope="module")
-def redis_single(redis_binary: str) -> Iterator[RedisServer]:
-    with redis_server(redis_binary) as server:
-        yield server
-
-
-@pytest.fixture(scope="module")
-def redis_cluster_nodes(redis_binary: str) -> Iterator[list[RedisServer]]:
-    with redis_cluster(3, redis_binary) as servers:
-        yield servers
 
 
 class _RedisConformance(StorageConformance):
