@@ -43,6 +43,7 @@ from .storages._memory import MemoryStorageStatistics as MemoryStorageStatistics
 from .storages._postgres import PostgresStorage as PostgresStorage
 from .storages._postgres import PostgresStorageStatistics as PostgresStorageStatistics
 from .storages._postgres import open_postgres_storage as open_postgres_storage
+from .storages._redis import RedisClient as RedisClient
 from .storages._redis import RedisStorage as RedisStorage
 from .storages._redis import RedisStorageStatistics as RedisStorageStatistics
 from .storages._redis import open_redis_storage as open_redis_storage
@@ -71,6 +72,7 @@ __all__ = [
     "PostgresStorageStatistics",
     "Provider",
     "PurgeResult",
+    "RedisClient",
     "RedisStorage",
     "RedisStorageStatistics",
     "Serializer",

@@ -32,7 +32,7 @@ import math
 import secrets
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager, suppress
-from typing import TYPE_CHECKING, Any, final
+from typing import Any, final
 
 import trio
 
@@ -45,15 +45,13 @@ from ._redis_drivers import (
     Driver,
     DriverName,
     LuaScript,
+    RedisClient,
     RedisStorageStatistics,
     connect,
     driver_for,
 )
 
-if TYPE_CHECKING:
-    from ._redis_drivers import RedisClient
-
-__all__ = ["RedisStorage", "RedisStorageStatistics", "open_redis_storage"]
+__all__ = ["RedisClient", "RedisStorage", "RedisStorageStatistics", "open_redis_storage"]
 
 #: Bytes per command when a value streams.
 CHUNK_SIZE = 64 * 1024

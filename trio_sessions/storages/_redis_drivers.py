@@ -19,7 +19,7 @@ import urllib.parse
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from contextlib import AsyncExitStack, asynccontextmanager
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Literal, Protocol, final
+from typing import TYPE_CHECKING, Any, Literal, Protocol, TypeAlias, final
 
 import outcome
 import trio
@@ -28,18 +28,12 @@ from .._base import collapse_group
 from .._errors import StorageError
 
 if TYPE_CHECKING:
-    from typing import TypeAlias
-
     import coredis
     import glide
 
-    #: What `RedisStorage` takes: a client of either library (single server or Cluster).
-    RedisClient: TypeAlias = (
-        glide.GlideClient
-        | glide.GlideClusterClient
-        | coredis.Redis[bytes]
-        | coredis.RedisCluster[bytes]
-    )
+#: What `RedisStorage` takes: a client of either library, for a single server or a
+#: Cluster. (A string at run time, so that neither library is imported.)
+RedisClient: TypeAlias = "glide.GlideClient | glide.GlideClusterClient | coredis.Redis[bytes] | coredis.RedisCluster[bytes]"  # noqa: E501
 
 __all__ = [
     "DRIVERS",
@@ -47,6 +41,7 @@ __all__ = [
     "Driver",
     "DriverName",
     "LuaScript",
+    "RedisClient",
     "RedisStorageStatistics",
     "connect",
     "driver_for",
