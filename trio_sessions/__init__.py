@@ -32,6 +32,8 @@ from .sessions._serializers import JSONSerializer as JSONSerializer
 from .sessions._serializers import Serializer as Serializer
 from .sessions._session import Session as Session
 from .sessions._session import SessionNotLoaded as SessionNotLoaded
+from .sessions._signing import SecretKey as SecretKey
+from .sessions._web import Autoload as Autoload
 from .storages._bytes import BytesStorage as BytesStorage
 from .storages._cache import CacheStorage as CacheStorage
 from .storages._cache import CacheStorageStatistics as CacheStorageStatistics
@@ -43,6 +45,7 @@ from .storages._memory import MemoryStorageStatistics as MemoryStorageStatistics
 from .storages._postgres import PostgresStorage as PostgresStorage
 from .storages._postgres import PostgresStorageStatistics as PostgresStorageStatistics
 from .storages._postgres import open_postgres_storage as open_postgres_storage
+from .storages._redis import DriverName as DriverName
 from .storages._redis import RedisClient as RedisClient
 from .storages._redis import RedisStorage as RedisStorage
 from .storages._redis import RedisStorageStatistics as RedisStorageStatistics
@@ -53,6 +56,7 @@ __version__ = "0.1.0.dev0"
 __all__ = [
     "DEFAULT_MAX_SIZE",
     "SESSION_ID_PATTERN",
+    "Autoload",
     "BytesStorage",
     "CacheStorage",
     "CacheStorageStatistics",
@@ -64,6 +68,7 @@ __all__ = [
     "CookieOptions",
     "DirectoryScan",
     "DirectoryStorage",
+    "DriverName",
     "InvalidSessionId",
     "JSONSerializer",
     "MemoryStorage",
@@ -75,6 +80,7 @@ __all__ = [
     "RedisClient",
     "RedisStorage",
     "RedisStorageStatistics",
+    "SecretKey",
     "Serializer",
     "Session",
     "SessionDataError",

@@ -40,7 +40,7 @@ from .sessions._manager import SessionDataError, SessionManager
 from .sessions._session import Session
 from .sessions._web import Autoload, autoload_policy, check_trio, probe, response_headers
 
-__all__ = ["SessionMiddleware", "load_session"]
+__all__ = ["ASGIApp", "SessionMiddleware", "load_session"]
 
 Scope = MutableMapping[str, Any]
 Message = MutableMapping[str, Any]

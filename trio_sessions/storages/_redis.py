@@ -51,7 +51,13 @@ from ._redis_drivers import (
     driver_for,
 )
 
-__all__ = ["RedisClient", "RedisStorage", "RedisStorageStatistics", "open_redis_storage"]
+__all__ = [
+    "DriverName",
+    "RedisClient",
+    "RedisStorage",
+    "RedisStorageStatistics",
+    "open_redis_storage",
+]
 
 #: Bytes per command when a value streams.
 CHUNK_SIZE = 64 * 1024
