@@ -825,3 +825,81 @@ async def test_a_failed_batch_gives_every_caller_an_exception_of_its_own() -> No
     assert len({id(error) for error in errors}) == 5
     assert all(str(error) == "connection lost" for error in errors)
     assert all(error.__cause__ is server.fail for error in errors)
+
+
+class ConnectionsServer:
+    """Runs each send on a connection of its own, in the order the test releases them
+    (a pool of connections gives no order between them): a key-value store of SET
+    (kind 1) and DEL (kind 2), plus a record of what ran."""
+
+    def __init__(self) -> None:
+        self.sent: list[list[Command]] = []
+        self.releases: list[trio.Event] = []
+        self.data: dict[bytes, bytes] = {}
+        self.ran: list[tuple[int, bytes]] = []
+
+    def _run(self, command: Command) -> object:
+        kind, key, value, _ = command
+        self.ran.append((kind, key))
+        if kind == 1:
+            self.data[key] = value
+        elif kind == 2:
+            self.data.pop(key, None)
+        return True
+
+    async def send_one(self, command: Command) -> object:
+        return (await self.send_batch([command]))[0].unwrap()
+
+    async def send_batch(self, commands: list[Command]) -> list[outcome.Outcome[object]]:
+        self.sent.append(commands)
+        release = trio.Event()
+        self.releases.append(release)
+        await release.wait()
+        return [outcome.Value(self._run(command)) for command in commands]
+
+
+@pytest.mark.parametrize("detach", [False, True])
+@pytest.mark.parametrize("abandoned_key", [b"p:{s}", b"p:{s}:w:0123"])
+async def test_a_cancelled_command_is_never_overtaken_by_the_next_one_on_its_session(
+    detach: bool, abandoned_key: bytes
+) -> None:
+    """An invalidation (or a temporary key's commit) cancelled after it was sent may
+    still run: the write that follows it, acknowledged, must not be undone by it."""
+    server = ConnectionsServer()
+    options = {"detach": True} if detach else {}
+    pipeline = AutoPipeline(server.send_one, server.send_batch, **options)
+    acknowledged: list[bytes] = []
+    with trio.fail_after(5):
+        async with trio.open_nursery() as nursery:
+            # Another task's command is in flight: the next ones go out in batches.
+            nursery.start_soon(pipeline.call, (1, b"p:{other}", b"x", None))
+            await trio.testing.wait_all_tasks_blocked()
+            scope = trio.CancelScope()
+
+            async def abandon() -> None:
+                with scope:
+                    await pipeline.call((2, abandoned_key, None, None))
+
+            nursery.start_soon(abandon)
+            await trio.testing.wait_all_tasks_blocked()
+            assert server.sent[-1] == [(2, abandoned_key, None, None)]
+            scope.cancel()  # the caller leaves; its command is on its way
+            await trio.testing.wait_all_tasks_blocked()
+            assert scope.cancelled_caught
+
+            async def write() -> None:
+                await pipeline.call((1, b"p:{s}", b"new", None))
+                acknowledged.append(b"new")
+
+            nursery.start_soon(write)
+            await trio.testing.wait_all_tasks_blocked()
+            # The write waits for the abandoned command: it is not even sent yet.
+            assert all((1, b"p:{s}", b"new", None) not in sent for sent in server.sent)
+            server.releases[-1].set()  # the abandoned command runs (or fails) first
+            await trio.testing.wait_all_tasks_blocked()
+            for release in server.releases:
+                release.set()
+    assert acknowledged == [b"new"]
+    assert server.ran.index((2, abandoned_key)) < server.ran.index((1, b"p:{s}"))
+    assert server.data[b"p:{s}"] == b"new"
+    assert pipeline.statistics().dropped == 1

@@ -99,7 +99,7 @@ class RedisStorageStatistics:
 
 
 # A command: (kind, key, two arguments). Kinds are small ints, compared by identity.
-_GET, _SET, _DELETE, _PEXPIRE, _EVAL = range(5)
+_GET, _SET, _DELETE, _PEXPIRE, _EVAL, _EVAL_SOURCE = range(6)
 Command = tuple[int, bytes, Any, Any]
 Reply = outcome.Outcome[object]
 
@@ -134,17 +134,41 @@ _reschedule = trio.lowlevel.reschedule
 _ABORTED = trio.lowlevel.Abort.SUCCEEDED
 
 
+def _session_of(key: bytes) -> bytes:
+    """The session key that *key* belongs to: itself, or the session key that starts a
+    temporary key (everything up to the hash tag's closing brace)."""
+    end = key.rfind(b"}")
+    return key if end < 0 else key[: end + 1]
+
+
+class _Fence:
+    """Holds back commands on one session while an abandoned command on it may run."""
+
+    __slots__ = ("count", "lifted")
+
+    def __init__(self) -> None:
+        self.count = 0
+        self.lifted = trio.Event()
+
+
 class _Waiter:
     """One task's command waiting in a batch; ``task`` is ``None`` once it left."""
 
-    __slots__ = ("command", "task")
+    __slots__ = ("command", "fence", "pipeline", "sent", "task")
 
-    def __init__(self, command: Command, task: trio.lowlevel.Task) -> None:
+    def __init__(self, command: Command, task: trio.lowlevel.Task, pipeline: AutoPipeline) -> None:
         self.command = command
         self.task: trio.lowlevel.Task | None = task
+        self.pipeline = pipeline
+        self.sent = False  # handed to the client: it may run, now or later
+        self.fence: bytes | None = None
 
     def abort(self, _: object) -> trio.lowlevel.Abort:
         self.task = None  # cancelled: its command is not sent, or its reply is dropped
+        if self.sent:
+            # Its command may still be on its way (a connection of its own, not even
+            # written yet): nothing later on the same session may overtake it.
+            self.pipeline._raise_fence(self)
         return _ABORTED
 
 
@@ -161,6 +185,18 @@ class AutoPipeline:
     caller that is cancelled only leaves: before its batch is sent, its command is never
     sent; after, its reply is dropped. No other caller is affected, and no reply can go
     to anyone but the caller of its command.
+
+    A command whose caller left after it was sent may still run later: its batch may
+    not even be written yet, and the next batch can go out on another connection and
+    overtake it. So until its reply is in, every new command on the same session (the
+    key, or a temporary key under the same hash tag) waits: a cancelled write or
+    invalidation never lands after the operations that follow it.
+
+    With *detach* every command goes through a system task, even a lone one (a client
+    with several connections, coredis, needs it: a lone command sent by its caller and
+    abandoned could not be waited for). Without it, a lone command is sent by its
+    caller, which is only safe for a client that keeps commands in order (glide: one
+    connection per node).
     """
 
     def __init__(
@@ -169,10 +205,13 @@ class AutoPipeline:
         send_batch: Callable[[list[Command]], Awaitable[list[Reply]]],
         *,
         max_batch: int = DEFAULT_MAX_BATCH,
+        detach: bool = False,
     ) -> None:
         self._send_one = send_one
         self._send_batch = send_batch
         self._max_batch = max_batch
+        self._detach = detach
+        self._fences: dict[bytes, _Fence] = {}
         self._in_flight = 0
         self._open: list[_Waiter] | None = None
         self._direct = 0
@@ -193,9 +232,13 @@ class AutoPipeline:
         )
 
     async def call(self, command: Command) -> object:
+        if self._fences:
+            session = _session_of(command[1])
+            while (fence := self._fences.get(session)) is not None:
+                await fence.lifted.wait()  # cancelled here, it is never sent
         batch = self._open
         if batch is None:
-            if not self._in_flight:
+            if not self._in_flight and not self._detach:
                 self._direct += 1
                 self._in_flight += 1
                 try:
@@ -204,7 +247,7 @@ class AutoPipeline:
                     self._in_flight -= 1
             batch = self._open = []
             trio.lowlevel.spawn_system_task(self._flush, batch, name="trio_sessions.redis.batch")
-        waiter = _Waiter(command, _current_task())
+        waiter = _Waiter(command, _current_task(), self)
         batch.append(waiter)
         if len(batch) >= self._max_batch:
             self._open = None  # full: its task sends it as it is; the next command opens one
@@ -218,6 +261,8 @@ class AutoPipeline:
         self._withdrawn += len(batch) - len(waiters)
         if not waiters:
             return  # noqa: ASYNC910 (a task of its own: nobody to return to)
+        for waiter in waiters:
+            waiter.sent = True
         self._in_flight += 1
         try:
             if len(waiters) == 1:
@@ -237,12 +282,32 @@ class AutoPipeline:
             return  # noqa: ASYNC910
         finally:
             self._in_flight -= 1
+            # The replies are in (or the connection is gone): nothing of it runs later.
+            for waiter in waiters:
+                if waiter.fence is not None:
+                    self._lower_fence(waiter)
         for waiter, reply in zip(waiters, replies, strict=True):
             task, waiter.task = waiter.task, None
             if task is None:
                 self._dropped += 1
             else:
                 _reschedule(task, reply)
+
+    def _raise_fence(self, waiter: _Waiter) -> None:
+        session = waiter.fence = _session_of(waiter.command[1])
+        fence = self._fences.get(session)
+        if fence is None:
+            fence = self._fences[session] = _Fence()
+        fence.count += 1
+
+    def _lower_fence(self, waiter: _Waiter) -> None:
+        session, waiter.fence = waiter.fence, None
+        assert session is not None
+        fence = self._fences[session]
+        fence.count -= 1
+        if not fence.count:
+            del self._fences[session]
+            fence.lifted.set()
 
     async def _send_alone(self, command: Command) -> Reply:
         try:
@@ -286,12 +351,18 @@ class _Driver:
     _pipeline: AutoPipeline | None
     _call: Callable[[Command], Awaitable[object]]
 
-    def _start(self, *, pipeline: bool, max_batch: int) -> None:
+    def _start(self, *, pipeline: bool, max_batch: int, detach: bool = False) -> None:
         self._commands = 0
         self._pipeline = None
         self._call = self._send_one
-        if pipeline:
-            self._pipeline = AutoPipeline(self._send_one, self._send_batch, max_batch=max_batch)
+        if pipeline or detach:
+            # Without *pipeline* but with *detach*: every command alone, in order.
+            self._pipeline = AutoPipeline(
+                self._send_one,
+                self._send_batch,
+                max_batch=max_batch if pipeline else 1,
+                detach=detach,
+            )
             self._call = self._pipeline.call
 
     async def _send_one(self, command: Command) -> object:
@@ -307,6 +378,8 @@ class _Driver:
         if kind is _PEXPIRE:
             return await client.pexpire(key, a)
         keys, args = b
+        if kind is _EVAL_SOURCE:
+            return await self._eval_source_one(a, keys, args)
         return await self._eval_one(a, keys, args)
 
     # A command sent on its own: the two that each client spells its own way.
@@ -314,6 +387,11 @@ class _Driver:
         raise NotImplementedError
 
     async def _eval_one(self, script: LuaScript, keys: list[bytes], args: list[bytes]) -> object:
+        raise NotImplementedError
+
+    async def _eval_source_one(
+        self, script: LuaScript, keys: list[bytes], args: list[bytes]
+    ) -> object:
         raise NotImplementedError
 
     async def _send_batch(self, commands: list[Command]) -> list[Reply]:
@@ -454,22 +532,31 @@ class CoredisDriver(_Driver):
             raise ValueError("a coredis client for RedisStorage needs decode_responses=False")
         self._client = client
         self._no_script = NoScriptError
-        self._start(pipeline=pipeline, max_batch=max_batch)
+        # coredis spreads commands over a pool of connections (a pipeline holds one of
+        # its own until its replies are in), with no order between them: every command
+        # goes through the AutoPipeline, which keeps a cancelled command from being
+        # overtaken by the next ones on its session.
+        self._start(pipeline=pipeline, max_batch=max_batch, detach=True)
 
     async def eval(self, script: LuaScript, keys: Sequence[bytes], args: Sequence[bytes]) -> object:
         command = (_EVAL, keys[0], script, (list(keys), list(args)))
         try:
             return await self._call(command)
         except (_NoScript, self._no_script):
-            # EVALSHA did not run: the server lost its scripts (a restart).
-            self._commands += 1
-            return await self._client.eval(script.source, *command[3])
+            # EVALSHA did not run: the server lost its scripts (a restart). EVAL, in
+            # order with the other commands on the session like any command.
+            return await self._call((_EVAL_SOURCE, *command[1:]))
 
     async def _set_one(self, key: bytes, value: bytes, px: int | None) -> object:
         return await self._client.set(key, value, px=px)
 
     async def _eval_one(self, script: LuaScript, keys: list[bytes], args: list[bytes]) -> object:
         return await self._client.evalsha(script.sha1, keys, args)
+
+    async def _eval_source_one(
+        self, script: LuaScript, keys: list[bytes], args: list[bytes]
+    ) -> object:
+        return await self._client.eval(script.source, keys, args)
 
     async def _send_batch(self, commands: list[Command]) -> list[Reply]:
         self._commands += len(commands)
@@ -483,6 +570,8 @@ class CoredisDriver(_Driver):
                     pipe.delete([key])
                 elif kind is _PEXPIRE:
                     pipe.pexpire(key, a)
+                elif kind is _EVAL_SOURCE:
+                    pipe.eval(a.source, *b)
                 else:
                     pipe.evalsha(a.sha1, *b)
         replies = pipe.results
